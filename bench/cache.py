@@ -1,0 +1,58 @@
+"""The content-addressed stage cache: a stage's key hashes its kind, its inputs' keys, its config and the
+version of the code that matters, so a stage whose key is present is taken from the cache, not run again.
+
+An entry is a folder holding the stage's files and `meta.json`, written last; the folder is built under a
+temporary name and renamed into place, so a killed stage leaves no entry that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from bench import __version__
+from bench.jsonl import write_json_atomic
+
+# Bump when a stage's output for the same inputs changes (a fix in training, export or measurement).
+STAGE_VERSIONS = {"data": 1, "train": 1, "compress": 1, "export": 1, "measure": 1, "evaluate": 2}
+
+
+def stage_key(kind: str, config: Any, inputs: list[str]) -> str:
+    payload = json.dumps(
+        {"kind": kind, "config": config, "inputs": inputs, "version": STAGE_VERSIONS[kind], "bench": __version__},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+class StageCache:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    def has(self, kind: str, key: str) -> bool:
+        return (self.path(kind, key) / "meta.json").is_file()
+
+    def meta(self, kind: str, key: str) -> dict[str, Any]:
+        return json.loads((self.path(kind, key) / "meta.json").read_text())
+
+    def staging(self, kind: str, key: str) -> Path:
+        tmp = self.root / kind / f".tmp-{key}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def commit(self, kind: str, key: str, staging: Path, meta: dict[str, Any]) -> Path:
+        write_json_atomic(staging / "meta.json", meta)
+        final = self.path(kind, key)
+        if final.exists():  # an entry without meta.json is a leftover of a killed run
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        return final

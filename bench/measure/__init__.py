@@ -1,0 +1,1 @@
+"""Measurement: opening deployed artifacts, timing them, sampling memory, counting size, params and MACs."""

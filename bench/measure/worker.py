@@ -1,0 +1,82 @@
+"""Measure one deployed artifact in a fresh process: load, first call, memory pass, then latency per batch size.
+
+Run as `python -m bench.measure.worker SPEC.json RESULT.json`. A fresh process per artifact (as
+optimum-benchmark's process launcher does) keeps one artifact's allocations out of another's peak memory and
+times the load as a deployment would see it. ONNX artifacts are opened without importing PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.measure.latency import Profile, summarize, time_calls
+from bench.measure.memory import PeakRSS
+from bench.measure.sessions import open_session
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    profile = Profile(**spec["profile"])
+    batch_sizes = [int(b) for b in spec["batch_sizes"]]
+    rng = np.random.default_rng(spec.get("seed", 0))
+    shape = tuple(spec["input_shape"])
+    result: dict[str, Any] = {}
+    with PeakRSS() as load_peak:
+        t0 = time.perf_counter()
+        session = open_session(spec["format"], Path(spec["path"]), spec["device"], spec.get("threads"))
+        result["load_s"] = time.perf_counter() - t0
+    result["baseline_rss_mb"] = load_peak.start_mb
+    inputs = {b: session.prepare(rng.random((b, *shape), dtype=np.float32)) for b in batch_sizes}
+    largest = max(batch_sizes)
+
+    t0 = time.perf_counter()
+    session.run(inputs[batch_sizes[0]])
+    session.sync()
+    result["first_call_ms"] = (time.perf_counter() - t0) * 1e3
+
+    # Memory pass, apart from the timed pass: peak RSS while running the largest batch.
+    cuda = spec["device"].startswith("cuda") and spec["format"] != "onnx"
+    if cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    with PeakRSS() as peak:
+        for _ in range(max(3, profile.min_iterations // 4)):
+            session.run(inputs[largest])
+            session.sync()
+    result["peak_rss_mb"] = max(peak.mb, load_peak.mb)
+    result["inference_rss_delta_mb"] = max(0.0, peak.mb - load_peak.start_mb)
+    if cuda:
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+
+    latency: dict[str, Any] = {}
+    raw: dict[str, list[float]] = {}
+    for b in batch_sizes:
+        x = inputs[b]
+        samples, warmup_s = time_calls(lambda x=x: session.run(x), session.sync, profile)
+        latency[str(b)] = summarize(samples) | {"warmup_s": warmup_s}
+        raw[str(b)] = samples
+    result["latency_ms"] = latency
+    result["samples_ms"] = raw
+    p50 = latency[str(largest)]["p50"]
+    result["throughput_sps"] = largest / (p50 / 1e3) if p50 > 0 else None
+    result["throughput_batch"] = largest
+    if spec["format"] == "onnx":
+        result["providers"] = getattr(session, "providers", None)
+    return result
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[0]).read_text())
+    result = measure(spec)
+    Path(argv[1]).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,132 @@
+"""The model axis: the MODELS registry and `build_model`, which wraps every network with input normalisation.
+
+Every model the harness builds takes pixels in [0, 1] (attacks work in pixel space, eps is a pixel distance);
+the dataset's mean/std are applied *inside* the model by `Normalize`, the RobustBench convention.
+Definitions live in the top-level `models/` folder (installed as `bench_models`); besides registered names,
+any torchvision classification model name and a user's `package.module:function` resolve here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.errors import BenchInputError, ConfigError
+from bench.registry import Entry, Registry
+
+log = logging.getLogger(__name__)
+
+MODELS: Registry = Registry("model")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Options every model has. `checkpoint` is a state-dict file loaded into the network after it is built."""
+
+    checkpoint: str | None = None
+    normalize: bool = True
+
+
+@dataclasses.dataclass
+class ExternalModelConfig(ModelConfig):
+    """A torchvision model or a user's `package.module:function`; `kwargs` go to the constructor."""
+
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel, inside the model so that it takes [0, 1] pixels."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """`net(normalize(x))`; `net` is the registered network, kept as a child so pruning sees its layers."""
+
+    def __init__(self, net: nn.Module, normalize: nn.Module | None) -> None:
+        super().__init__()
+        self.normalize = normalize if normalize is not None else nn.Identity()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+
+def build_model(
+    name: str,
+    cfg: Any,
+    num_classes: int,
+    in_shape: tuple[int, int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> nn.Module:
+    """Build the model `name` with its parsed config, normalisation inside, in eval mode on the CPU."""
+    entry = MODELS.get(name)
+    kwargs = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("checkpoint", "normalize", "kwargs")}
+    kwargs.update(getattr(cfg, "kwargs", {}) or {})
+    net = entry.obj(num_classes, in_shape, **kwargs)
+    if cfg.checkpoint:
+        path = Path(cfg.checkpoint)
+        if not path.is_file():
+            raise BenchInputError(f"checkpoint file not found: {path}", field=f"models[{name}].checkpoint")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    model = Classifier(net, Normalize(mean, std) if cfg.normalize else None)
+    return model.eval()
+
+
+def _torchvision_entry(name: str) -> Entry | None:
+    """Any torchvision classification model by name, adapted to the data's channels (weights: none, offline)."""
+    import torchvision
+
+    tv_name = name.removeprefix("torchvision.")
+    if tv_name not in torchvision.models.list_models(module=torchvision.models):
+        return None
+
+    def factory(num_classes: int, in_shape: tuple[int, int, int], **kwargs: Any) -> nn.Module:
+        net = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
+        if in_shape[0] != 3:  # torchvision stems expect RGB: repeat grey channels rather than retrain the stem
+            return nn.Sequential(_RepeatChannels(3 // in_shape[0] if 3 % in_shape[0] == 0 else 3), net)
+        return net
+
+    return Entry(name, factory, ExternalModelConfig, {"source": "torchvision"}, f"torchvision.models.{tv_name}")
+
+
+class _RepeatChannels(nn.Module):
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times = times
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.repeat(1, self.times, 1, 1)[:, :3]
+
+
+def _user_function_entry(name: str) -> Entry | None:
+    """`package.module:function`, a user's own factory with the signature (num_classes, in_shape, **kwargs)."""
+    if ":" not in name:
+        return None
+    module_name, _, fn_name = name.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError("name", f"cannot import model function '{name}': {exc}") from exc
+    return Entry(name, fn, ExternalModelConfig, {"source": "user"}, fn.__doc__ or "")
+
+
+MODELS.add_fallback(_user_function_entry)
+MODELS.add_fallback(_torchvision_entry)
+
+# Registration is an import side effect (as in timm): the definitions register themselves into MODELS.
+import bench_models  # noqa: E402, F401

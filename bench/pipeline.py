@@ -1,0 +1,278 @@
+"""The stages of a cell, each content-addressed and cached (DESIGN.md section 3):
+
+    data -> train(model, recipe) -> compress(compression) -> export(runtime) -> measure(latency, memory, size)
+                                                                        \\-> evaluate(attack) -> cell record
+
+Cells that share a prefix share the stage: one training per (model, recipe, data, seed), one compression per
+(trained model, compression), one export per (compressed model, runtime), one measurement per artifact. Every
+stage executed or taken from the cache is appended to stages.jsonl with its cost, which is where the
+training-time versus inference-time accounting comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from bench import jsonl
+from bench.cache import StageCache, stage_key
+from bench.compressions import Compressed, CompressContext, QuantSpec
+from bench.config import to_dict
+from bench.datasets import DataSplits, load_dataset
+from bench.evaluate import evaluate
+from bench.matrix import Cell
+from bench.measure.latency import resolve_profile
+from bench.measure.memory import PeakRSS
+from bench.measure.sessions import pin_threads_env
+from bench.models import build_model
+from bench.plugins import registry
+from bench.runtimes import Exported
+from bench.suite import Choice, Suite
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class StageResult:
+    kind: str
+    key: str
+    path: Path
+    meta: dict[str, Any]
+    cache_hit: bool
+    value: Any = None  # the loaded object (model, predictor, ...), memoised for the cells that share it
+
+
+class Pipeline:
+    """Runs and caches the stages of a suite's cells; one instance per run."""
+
+    def __init__(self, suite: Suite, cache: StageCache, stages_log: Path, device: str, threads: int,
+                 environment: dict[str, Any]) -> None:
+        self.suite = suite
+        self.cache = cache
+        self.stages_log = stages_log
+        self.device = device
+        self.threads = threads
+        self.environment = environment
+        self._memo: dict[tuple[str, str], StageResult] = {}
+        self.current_cell: str | None = None
+
+    # -- the generic stage: cache lookup, build in a staging folder, commit, log ------------------------------
+
+    def _stage(self, kind: str, config: Any, inputs: list[str], build: Callable[[Path], dict[str, Any]],
+               load: Callable[[Path, dict[str, Any]], Any] | None = None) -> StageResult:
+        key = stage_key(kind, config, inputs)
+        if (kind, key) in self._memo:
+            return self._memo[(kind, key)]
+        start = time.perf_counter()
+        with PeakRSS() as peak:
+            hit = self.cache.has(kind, key)
+            if hit:
+                path = self.cache.path(kind, key)
+                meta = self.cache.meta(kind, key)
+            else:
+                staging = self.cache.staging(kind, key)
+                meta = build(staging)
+                meta["seconds"] = time.perf_counter() - start
+                path = self.cache.commit(kind, key, staging, meta)
+            value = load(path, meta) if load else None
+        seconds = time.perf_counter() - start
+        jsonl.append(self.stages_log, {
+            "kind": kind,
+            "key": key,
+            "cache_hit": hit,
+            "seconds": round(seconds, 6),
+            "peak_memory_mb": round(peak.mb, 1),
+            "cell_id": self.current_cell,
+            "time": time.time(),
+        })
+        result = StageResult(kind, key, path, meta, hit, value)
+        self._memo[(kind, key)] = result
+        return result
+
+    # -- data -------------------------------------------------------------------------------------------------
+
+    def data(self) -> StageResult:
+        choice = self.suite.dataset
+        splits = load_dataset(choice.name, choice.config, self.suite.seed)
+        config = {"dataset": choice.record(), "seed": self.suite.seed, "fingerprint": splits.fingerprint()}
+
+        def build(staging: Path) -> dict[str, Any]:
+            torch.save({"x": splits.x_eval, "y": splits.y_eval}, staging / "eval.pt")
+            return {"n_train": len(splits.x_train), "n_calib": len(splits.x_calib), "n_eval": len(splits.x_eval),
+                    "in_shape": list(splits.in_shape), "num_classes": splits.num_classes}
+
+        return self._stage("data", config, [], build, load=lambda path, meta: splits)
+
+    # -- train ------------------------------------------------------------------------------------------------
+
+    def train(self, cell: Cell, data: StageResult) -> StageResult:
+        splits: DataSplits = data.value
+        recipe_entry = registry("recipe").get(cell.recipe.name)
+
+        def build(staging: Path) -> dict[str, Any]:
+            torch.manual_seed(self.suite.seed)  # the same seed gives the same initial weights
+            model = build_model(cell.model.name, cell.model.config, splits.num_classes, splits.in_shape,
+                                splits.mean, splits.std)
+            with PeakRSS() as peak:
+                cost = recipe_entry.obj(model, splits, cell.recipe.config, seed=self.suite.seed, device=self.device)
+            model = model.cpu().eval()
+            torch.save(model, staging / "model.pt")
+            return {"cost": dataclasses.asdict(cost), "peak_memory_mb": peak.mb, "device": self.device}
+
+        config = {"model": cell.model.record(), "recipe": cell.recipe.record(), "device": self.device}
+        return self._stage("train", config, [data.key], build, load=_load_module)
+
+    # -- compress ---------------------------------------------------------------------------------------------
+
+    def compress(self, cell: Cell, data: StageResult, trained: StageResult) -> StageResult:
+        splits: DataSplits = data.value
+        example = splits.x_eval[:1]
+
+        def build(staging: Path) -> dict[str, Any]:
+            model = _copy_module(trained.value)
+            ctx = CompressContext(splits, self.suite.seed, self.device, example)
+            steps, quant = [], None
+            for step in cell.compression.chain:
+                entry = registry("compression").get(step.name)
+                start = time.perf_counter()
+                out: Compressed = entry.obj(model, step.config, ctx)
+                steps.append({"name": step.name, "label": step.label, "seconds": time.perf_counter() - start,
+                              **out.meta})
+                model, quant = out.model.cpu().eval(), out.quant or quant
+            macs, params = tp.utils.count_ops_and_params(model, example)
+            torch.save(model, staging / "model.pt")
+            return {"steps": steps, "quant": to_dict(quant) if quant else None, "params": int(params),
+                    "macs": int(macs), "compress_s": sum(s["seconds"] for s in steps)}
+
+        def load(path: Path, meta: dict[str, Any]) -> Compressed:
+            quant = QuantSpec(**meta["quant"]) if meta.get("quant") else None
+            return Compressed(_load_module(path, meta), quant, meta)
+
+        return self._stage("compress", {"compression": cell.compression.record()}, [trained.key, data.key],
+                           build, load)
+
+    # -- export -----------------------------------------------------------------------------------------------
+
+    def export(self, cell: Cell, data: StageResult, compressed: StageResult) -> StageResult:
+        runtime = registry("runtime").get(cell.runtime.name).obj(cell.runtime.config)
+        splits: DataSplits = data.value
+        ctx = CompressContext(splits, self.suite.seed, self.device, splits.x_eval[:2])
+
+        def build(staging: Path) -> dict[str, Any]:
+            exported = runtime.export(_copy_module(compressed.value.model), compressed.value.quant, ctx, staging)
+            files = {name: (staging / name).stat().st_size for name in exported.files}
+            return {
+                "exported": dataclasses.asdict(exported),
+                "files": files,
+                "size_bytes": sum(files.values()),
+                "sha256": _sha256(staging / exported.main_file),
+            }
+
+        def load(path: Path, meta: dict[str, Any]) -> Any:
+            exported = Exported(**meta["exported"])
+            return runtime.predictor(path, exported, self.device, self.threads)
+
+        return self._stage("export", {"runtime": cell.runtime.record()}, [compressed.key], build, load)
+
+    # -- measure ----------------------------------------------------------------------------------------------
+
+    def measure(self, cell: Cell, data: StageResult, exported: StageResult) -> StageResult:
+        m = self.suite.measurement
+        profile = resolve_profile(m)
+        spec = {
+            "format": exported.meta["exported"]["format"],
+            "path": str(exported.path / exported.meta["exported"]["main_file"]),
+            "device": self.device,
+            "threads": self.threads,
+            "batch_sizes": m.batch_sizes,
+            "input_shape": data.meta["in_shape"],
+            "profile": dataclasses.asdict(profile),
+            "seed": self.suite.seed,
+        }
+
+        def build(staging: Path) -> dict[str, Any]:
+            result = run_worker(spec, self.threads)
+            (staging / "samples.json").write_text(json.dumps(result.pop("samples_ms")))
+            return {"result": result, "profile": m.profile, "threads": self.threads}
+
+        from bench.env import machine_key
+
+        config = {"measurement": to_dict(m), "machine": machine_key(self.environment, self.threads)}
+        return self._stage("measure", config, [exported.key], build)
+
+    # -- evaluate ---------------------------------------------------------------------------------------------
+
+    def evaluate(self, cell: Cell, data: StageResult, compressed: StageResult, exported: StageResult
+                 ) -> StageResult:
+        attack_entry = registry("attack").get(cell.attack.name)
+        attack = attack_entry.obj(cell.attack.config)
+
+        def build(staging: Path) -> dict[str, Any]:
+            outcome = evaluate(
+                exported.value,
+                compressed.value.model,
+                attack if cell.attack.name != "none" else None,
+                data.value,
+                batch_size=self.suite.evaluation.batch_size,
+                seed=self.suite.seed,
+                device=self.device,
+            )
+            torch.save(outcome.pop("per_sample"), staging / "per_sample.pt")
+            return outcome
+
+        config = {"attack": cell.attack.record(), "evaluation": to_dict(self.suite.evaluation),
+                  "seed": self.suite.seed}
+        return self._stage("evaluate", config, [exported.key, compressed.key, data.key], build)
+
+
+def run_worker(spec: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Run bench.measure.worker in a fresh process on `spec`; its stderr becomes the error if it fails."""
+    with tempfile.TemporaryDirectory(prefix="bench-measure-") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec_path.write_text(json.dumps(spec))
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.measure.worker", str(spec_path), str(out_path)],
+            capture_output=True,
+            text=True,
+            env=pin_threads_env(threads),
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"measurement worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        return json.loads(out_path.read_text())
+
+
+def _load_module(path: Path, meta: dict[str, Any]) -> nn.Module:
+    from bench.runtimes.eager import load_torch_artifact
+
+    return load_torch_artifact(path / "model.pt", "torch", "cpu")
+
+
+def _copy_module(model: nn.Module) -> nn.Module:
+    """A deep copy, so that a compression never alters the cached model other cells share."""
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+__all__ = ["Choice", "Pipeline", "StageResult", "run_worker"]

@@ -1,0 +1,14 @@
+"""The training-recipe axis: how the base model of each (model, dataset, seed) is trained.
+
+A recipe is `train(model, data, cfg, ctx) -> TrainResult`; the trained model is cached by a key of everything that
+changes it (model, recipe config, data fingerprint, seed), so every compression, runtime and attack cell of that
+model reuses one training.
+"""
+
+from __future__ import annotations
+
+from bench.registry import Registry
+
+RECIPES: Registry = Registry("recipe")
+
+from bench.recipes import standard  # noqa: E402, F401

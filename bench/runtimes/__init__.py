@@ -1,0 +1,80 @@
+"""The runtime axis: how a (compressed) model is deployed and executed.
+
+A runtime exports the model to its artifact (`export`), declares what it can run (`dtypes` per device) and
+opens the artifact as a predictor for evaluation (`predictor`). Latency and memory are measured on the same
+artifact file in a fresh process (bench.measure). `differentiable` says whether the deployed predictor gives
+input gradients (white-box attacks); when it does not, attacks are crafted on the float eager twin (transfer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bench.registry import Registry
+
+RUNTIMES: Registry = Registry("runtime")
+
+
+@dataclasses.dataclass
+class Exported:
+    """An artifact on disk: its files (relative to the export dir), the one to load, and what export did."""
+
+    format: str
+    main_file: str
+    files: list[str]
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Predictor:
+    """Batch of [0, 1] pixels in, logits out. `module` is set only when input gradients exist (white-box)."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    module: nn.Module | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+class Runtime:
+    """Base of runtime plugins; a plugin sets the class attributes and writes `export`."""
+
+    format: ClassVar[str]
+    dtypes: ClassVar[dict[str, tuple[str, ...]]]  # device -> dtypes it executes
+    differentiable: ClassVar[bool] = False
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    @classmethod
+    def unsupported(cls, dtype: str, device: str) -> str | None:
+        """The skip reason for an artifact of `dtype` on `device`, or None when this runtime can run it."""
+        supported = cls.dtypes.get(device.split(":")[0], ())
+        if dtype not in supported:
+            have = ", ".join(supported) or "nothing"
+            return f"{cls.__name__} on {device} runs {have}, not {dtype}"
+        return None
+
+    def export(self, model: nn.Module, quant: Any, ctx: Any, workdir: Path) -> Exported:
+        raise NotImplementedError
+
+    def predictor(self, workdir: Path, exported: Exported, device: str, threads: int | None) -> Predictor:
+        """Open the artifact in this process; the default goes through bench.measure.sessions."""
+        from bench.measure.sessions import open_session
+
+        session = open_session(exported.format, workdir / exported.main_file, device, threads)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            out = session.to_numpy(session.run(session.prepare(x.detach().cpu().numpy())))
+            return torch.from_numpy(out)
+
+        return Predictor(run)
+
+
+from bench.runtimes import eager, onnxruntime, torchscript  # noqa: E402, F401

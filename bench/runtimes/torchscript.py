@@ -1,0 +1,39 @@
+"""`torchscript`: the model traced with torch.jit.trace and saved as a TorchScript file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.registry import NoConfig
+from bench.runtimes import RUNTIMES, Exported, Predictor, Runtime
+from bench.runtimes.eager import load_torch_artifact, save_torchscript
+from bench.runtimes.torch_int8 import quantize_fx
+
+
+@RUNTIMES.register("torchscript", config=NoConfig)
+class TorchScript(Runtime):
+    """TorchScript (trace); deprecated upstream since PyTorch 2.5 but still a common deployment format."""
+
+    format = "torchscript"
+    dtypes = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16")}
+    differentiable = True
+
+    def export(self, model: nn.Module, quant: Any, ctx: Any, workdir: Path) -> Exported:
+        meta: dict[str, Any] = {}
+        if quant is not None:
+            model, meta = quantize_fx(model, quant, ctx.data.x_calib[: quant.calibration_size])
+        save_torchscript(model, ctx.example, workdir / "model.ts")
+        return Exported(self.format, "model.ts", ["model.ts"], meta)
+
+    def predictor(self, workdir: Path, exported: Exported, device: str, threads: int | None) -> Predictor:
+        module = load_torch_artifact(workdir / exported.main_file, exported.format, device)
+
+        @torch.no_grad()
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return module(x.to(device)).float().cpu()
+
+        return Predictor(run, None if exported.meta.get("quantized_layers") else module)

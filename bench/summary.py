@@ -1,0 +1,39 @@
+"""The summary table `bench run` prints at the end: one line per cell, the figures a user looks at first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def summary_table(records: list[dict[str, Any]]) -> str:
+    header = ("cell", "status", "clean", "robust", "threat", "p50 b1 ms", "size")
+    rows = []
+    for r in records:
+        latency = (r.get("latency_ms") or {}).get("1", {})
+        status = r["status"] if r["status"] != "skipped" else f"skipped ({r.get('reason')})"
+        rows.append((
+            r["cell_id"],
+            status,
+            _pct(r.get("clean_accuracy")),
+            _pct(r.get("robust_accuracy")),
+            r.get("threat_model") or "-",
+            f"{latency['p50']:.3f}" if "p50" in latency else "-",
+            _size(r.get("model_size_bytes")),
+        ))
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)) for row in (header, *rows)]
+    return "\n".join(lines)

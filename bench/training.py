@@ -1,0 +1,104 @@
+"""The supervised training loop shared by recipes and by compressions that fine-tune (pruning, QAT, KD)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """Optimiser and schedule; the recipe's YAML parameters."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.05
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+
+@dataclasses.dataclass
+class TrainCost:
+    """What a training (or fine-tuning) cost: the training-time side of the trade-off."""
+
+    seconds: float
+    epochs: int
+    samples_seen: int
+    samples_per_s: float
+    final_loss: float
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(x), y)
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: OptimConfig,
+    *,
+    seed: int,
+    device: str = "cpu",
+    loss_fn: LossFn = cross_entropy,
+) -> TrainCost:
+    """Train `model` in place on (x, y) with `cfg`; shuffling is seeded, so the same seed gives the same weights."""
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
+        )
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(x) / cfg.batch_size))
+    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
+        if cfg.schedule == "cosine"
+        else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    )
+    generator = torch.Generator().manual_seed(seed)
+    x, y = x.to(device), y.to(device)
+    loss = torch.tensor(float("nan"))
+    start = time.perf_counter()
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(x), generator=generator).to(device)
+        for i in range(steps_per_epoch):
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            loss = loss_fn(model, x[idx], y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    model.eval()
+    seen = cfg.epochs * len(x)
+    return TrainCost(seconds, cfg.epochs, seen, seen / seconds if seconds > 0 else 0.0, float(loss.detach()))
+
+
+@torch.no_grad()
+def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Logits for x in batches (CPU tensor out)."""
+    outs = [model(x[i : i + batch_size]).detach().float().cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def accuracy(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
+             ) -> float:
+    return float((predict(model, x, batch_size).argmax(1) == y.cpu()).float().mean())

@@ -1,0 +1,56 @@
+"""Shared test helpers: writing suites, running the CLI in-process, tiny models for user-function tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from bench.cli import main
+
+# A suite small enough for end-to-end tests in seconds: the MLP on digits, one compression, eager only.
+TINY_SUITE: dict[str, Any] = {
+    "name": "tiny",
+    "seed": 0,
+    "dataset": {"name": "digits", "eval_size": 120, "calibration_size": 32},
+    "models": [{"name": "mlp", "hidden": [32]}],
+    "recipes": [{"name": "standard", "epochs": 3}],
+    "compressions": ["none"],
+    "runtimes": ["eager"],
+    "attacks": ["none", {"name": "fgsm", "eps": 0.1}],
+    "measurement": {"profile": "smoke", "batch_sizes": [1, 8], "memory": True},
+}
+
+
+def write_suite(path: Path, data: dict[str, Any] | str) -> Path:
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_cli(args: list[str], capsys: Any) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tiny_net(num_classes: int, in_shape: tuple[int, int, int], width: int = 16) -> nn.Module:
+    """A user's own model factory, referenced in suites as `tests.helpers:tiny_net`."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(in_shape).prod()), width), nn.ReLU(),
+                         nn.Linear(width, num_classes))
+
+
+def broken_net(num_classes: int, in_shape: tuple[int, int, int]) -> nn.Module:
+    """A model whose forward raises: its cells must be recorded as failed while the run goes on."""
+
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("this model is broken on purpose")
+
+    return Broken()

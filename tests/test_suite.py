@@ -1,0 +1,108 @@
+"""Suite loading: expansion, labels, and one clear error (file + field, exit code 2, no traceback) per mistake."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from bench.errors import BenchInputError
+from bench.suite import load_suite
+from tests.helpers import TINY_SUITE, run_cli, write_suite
+
+
+def suite_with(**changes):
+    data = copy.deepcopy(TINY_SUITE)
+    data.update(changes)
+    return data
+
+
+def test_list_values_expand_and_label(tmp_path):
+    data = suite_with(compressions=["none", {"name": "prune", "ratio": [0.3, 0.5]}],
+                      attacks=[{"name": "pgd", "eps": [0.05, 0.1], "steps": 3}])
+    suite = load_suite(write_suite(tmp_path / "s.yaml", data))
+    assert [c.label for c in suite.axes["compression"]] == ["none", "prune-0.3", "prune-0.5"]
+    assert [c.label for c in suite.axes["attack"]] == ["pgd-0.05", "pgd-0.1"]
+    assert suite.axes["compression"][2].config.ratio == 0.5
+    # a list-typed parameter is not expanded
+    assert suite.axes["model"][0].config.hidden == [32]
+
+
+def test_entries_differing_in_a_parameter_get_it_in_their_label(tmp_path):
+    data = suite_with(recipes=[{"name": "standard", "lr": [0.1, 0.01]}])
+    suite = load_suite(write_suite(tmp_path / "s.yaml", data))
+    assert [c.label for c in suite.axes["recipe"]] == ["standard-lr=0.1", "standard-lr=0.01"]
+
+
+def test_compression_chain(tmp_path):
+    data = suite_with(compressions=[[{"name": "prune", "ratio": 0.5}, "int8"]])
+    (chain,) = load_suite(write_suite(tmp_path / "s.yaml", data)).axes["compression"]
+    assert chain.label == "prune-0.5+int8"
+    assert [s.name for s in chain.steps] == ["prune", "int8"]
+
+
+BAD_SUITES = {
+    "unknown model": (suite_with(models=["resnet9000"]), "models[0].name", "unknown model 'resnet9000'; valid: mlp"),
+    "unknown attack": (suite_with(attacks=["cw"]), "attacks[0].name", "valid: fgsm, none, pgd"),
+    "unknown compression": (suite_with(compressions=["zip"]), "compressions[0].name", "unknown compression"),
+    "unknown runtime": (suite_with(runtimes=["tensorrt-lol"]), "runtimes[0].name", "valid: eager, onnxruntime"),
+    "unknown dataset": (suite_with(dataset="imagenet"), "dataset.name", "unknown dataset 'imagenet'"),
+    "wrong type": (suite_with(recipes=[{"name": "standard", "epochs": "ten"}]), "recipes[0].epochs",
+                   "expected an integer, got 'ten'"),
+    "wrong type in list": (suite_with(measurement={"batch_sizes": [1, "x"]}), "measurement.batch_sizes[1]",
+                           "expected an integer"),
+    "ratio out of range": (suite_with(compressions=[{"name": "prune", "ratio": 1.5}]), "compressions[0].ratio",
+                           "must be in (0, 1), got 1.5"),
+    "ratio zero": (suite_with(compressions=[{"name": "prune", "ratio": 0}]), "compressions[0].ratio", "(0, 1)"),
+    "negative eps": (suite_with(attacks=[{"name": "pgd", "eps": -0.1}]), "attacks[0].eps", "must be in [0, inf]"),
+    "unknown key in entry": (suite_with(attacks=[{"name": "pgd", "epsilon": 0.1}]), "attacks[0].epsilon",
+                             "unknown key 'epsilon'; valid keys: eps, alpha"),
+    "unknown top-level key": (suite_with(modles=["mlp"]), "modles", "unknown key 'modles'"),
+    "missing models": ({k: v for k, v in TINY_SUITE.items() if k != "models"}, "models", "missing 'models'"),
+    "empty axis": (suite_with(runtimes=[]), "runtimes", "non-empty list"),
+    "bad profile": (suite_with(measurement={"profile": "fast"}), "measurement.profile", "'smoke' or 'dev'"),
+    "duplicate entry": (suite_with(attacks=["none", "none"]), "attacks", "listed twice"),
+    "exclude typo": (suite_with(exclude=[{"runtime": "onnx"}]), "exclude[0].runtime", "matches no runtime"),
+    "exclude bad axis": (suite_with(exclude=[{"backend": "eager"}]), "exclude[0]", "unknown key 'backend'"),
+    "int8 not last": (suite_with(compressions=[["int8", "prune"]]), "compressions[0][0]", "must be the last step"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SUITES, ids=list(BAD_SUITES))
+def test_bad_suite_is_one_clear_line_and_exit_2(case, tmp_path, capsys):
+    data, field, message = BAD_SUITES[case]
+    path = write_suite(tmp_path / "bad.yaml", data)
+    code, out, err = run_cli(["list", path], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert f"{path}: {field}: " in lines[0]
+    assert message in lines[0]
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path, capsys):
+    path = write_suite(tmp_path / "broken.yaml", "name: x\nmodels: [mlp\nattacks: [none]\n")
+    code, _, err = run_cli(["list", path], capsys)
+    assert code == 2
+    assert f"{path}: line 3, column" in err and "YAML syntax error" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_file(tmp_path, capsys):
+    code, _, err = run_cli(["run", tmp_path / "nope.yaml", "--out", tmp_path / "run"], capsys)
+    assert code == 2
+    assert err.strip() == f"bench: error: {tmp_path / 'nope.yaml'}: suite file not found"
+    assert not (tmp_path / "run").exists()  # nothing written for bad input
+
+
+def test_load_suite_raises_typed_error(tmp_path):
+    with pytest.raises(BenchInputError) as info:
+        load_suite(write_suite(tmp_path / "s.yaml", suite_with(seed=-1)))
+    assert info.value.field == "seed"
+
+
+def test_shipped_suites_are_valid():
+    for name in ("smoke", "default"):
+        suite = load_suite(f"suites/{name}.yaml")
+        assert suite.name == name
