@@ -10,8 +10,12 @@ import pytest
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--benchmark", action="store_true", default=False,
-                     help="run the benchmarks (tests marked 'benchmark') with pytest-benchmark")
+    parser.addoption(
+        "--benchmark",
+        action="store_true",
+        default=False,
+        help="run the benchmarks (tests marked 'benchmark') with pytest-benchmark",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load_run"]
 
 
-def load_run(run_dir):  # noqa: ANN001, ANN201 - imported lazily: pandas and torch are heavy
+def load_run(run_dir):
     """Open a run directory: `.cells` (DataFrame), `.model(id)`, `.artifact(id)`, `.eval_data(id)`."""
     from bench.results import load_run as _load_run
 

@@ -71,11 +71,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         suite.measurement.profile = args.profile
     run_dir = args.out or default_run_dir(suite)
     try:
-        meta = run_suite(suite, run_dir, cache_dir=args.cache, resume=args.resume, shard=args.shard,
-                         device=args.device, progress=not args.no_progress)
+        meta = run_suite(
+            suite,
+            run_dir,
+            cache_dir=args.cache,
+            resume=args.resume,
+            shard=args.shard,
+            device=args.device,
+            progress=not args.no_progress,
+        )
     except KeyboardInterrupt:
-        print(f"\ninterrupted; the finished cells are in {run_dir}/cells.jsonl. Resume with:\n"
-              f"  bench run {args.suite} --out {run_dir} --resume", file=sys.stderr)
+        print(
+            f"\ninterrupted; the finished cells are in {run_dir}/cells.jsonl. Resume with:\n"
+            f"  bench run {args.suite} --out {run_dir} --resume",
+            file=sys.stderr,
+        )
         return 130
     report = render_report([run_dir], run_dir / "report.html")
     from bench.results import load_run
@@ -118,8 +128,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from bench.compare import compare_runs, format_comparison
     from bench.results import load_run
 
-    rows = compare_runs(load_run(args.baseline), load_run(args.candidate), args.latency_threshold,
-                        args.accuracy_threshold)
+    rows = compare_runs(
+        load_run(args.baseline), load_run(args.candidate), args.latency_threshold, args.accuracy_threshold
+    )
     print(format_comparison(rows))
     return 1 if any(r["regression"] for r in rows) else 0
 
@@ -131,14 +142,20 @@ def _cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Any] = {"run": _cmd_run, "list": _cmd_list, "report": _cmd_report, "compare": _cmd_compare,
-                            "env": _cmd_env}
+COMMANDS: dict[str, Any] = {
+    "run": _cmd_run,
+    "list": _cmd_list,
+    "report": _cmd_report,
+    "compare": _cmd_compare,
+    "env": _cmd_env,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.jit / torch.ao notices, see DESIGN 8
     try:
         return COMMANDS[args.command](args)

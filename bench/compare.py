@@ -13,8 +13,9 @@ def _p50(record: dict[str, Any], batch: str) -> float | None:
     return ((record.get("latency_ms") or {}).get(batch) or {}).get("p50")
 
 
-def compare_runs(baseline: Any, candidate: Any, latency_threshold: float, accuracy_threshold: float
-                 ) -> list[dict[str, Any]]:
+def compare_runs(
+    baseline: Any, candidate: Any, latency_threshold: float, accuracy_threshold: float
+) -> list[dict[str, Any]]:
     base = {r["cell_id"]: r for r in baseline.records if r.get("status") == "ok"}
     rows = []
     for cand in candidate.records:
@@ -33,15 +34,17 @@ def compare_runs(baseline: Any, candidate: Any, latency_threshold: float, accura
             latency[batch] = ratio
             if ratio is not None and ratio > 1 + latency_threshold:
                 problems.append(f"p50 latency at batch {batch} x{ratio:.2f}")
-        rows.append({
-            "cell_id": cand["cell_id"],
-            "clean_accuracy": (old.get("clean_accuracy"), cand.get("clean_accuracy")),
-            "robust_accuracy": (old.get("robust_accuracy"), cand.get("robust_accuracy")),
-            "latency_ratio": latency,
-            "size": (old.get("model_size_bytes"), cand.get("model_size_bytes")),
-            "regression": bool(problems),
-            "problems": problems,
-        })
+        rows.append(
+            {
+                "cell_id": cand["cell_id"],
+                "clean_accuracy": (old.get("clean_accuracy"), cand.get("clean_accuracy")),
+                "robust_accuracy": (old.get("robust_accuracy"), cand.get("robust_accuracy")),
+                "latency_ratio": latency,
+                "size": (old.get("model_size_bytes"), cand.get("model_size_bytes")),
+                "regression": bool(problems),
+                "problems": problems,
+            }
+        )
     return rows
 
 

@@ -100,8 +100,15 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
 
 
-def check_range(field: str, value: float | int | None, *, lo: float | None = None, hi: float | None = None,
-                lo_open: bool = False, hi_open: bool = False) -> None:
+def check_range(
+    field: str,
+    value: float | int | None,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> None:
     """Raise ConfigError unless lo <(=) value <(=) hi; `None` values pass (they mean "not set")."""
     if value is None:
         return

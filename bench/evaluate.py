@@ -24,8 +24,9 @@ def _rate(flags: torch.Tensor) -> float:
     return int(flags.sum()) / len(flags) if len(flags) else float("nan")
 
 
-def _craft(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
-           device: str) -> torch.Tensor:
+def _craft(
+    attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, device: str
+) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     model = model.to(device).eval()
     for p in model.parameters():
@@ -45,8 +46,9 @@ def _zero_gradient_fraction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     return float((grad.flatten(1).abs().sum(1) == 0).float().mean())
 
 
-def evaluate(predictor: Any, float_twin: nn.Module, attack: Attack | None, data: Any, *, batch_size: int,
-             seed: int, device: str) -> dict[str, Any]:
+def evaluate(
+    predictor: Any, float_twin: nn.Module, attack: Attack | None, data: Any, *, batch_size: int, seed: int, device: str
+) -> dict[str, Any]:
     x, y = data.x_eval, data.y_eval
     start = time.perf_counter()
     logits = predict(predictor, x, batch_size)
@@ -84,16 +86,19 @@ def evaluate(predictor: Any, float_twin: nn.Module, attack: Attack | None, data:
     delta = (x_adv - x).abs().flatten(1).max(1).values if len(x) else torch.zeros(0)
     max_delta = float(delta.max()) if len(delta) else 0.0
     checks = {
-        "eps_ball": {"ok": max_delta <= attack.eps + 1e-6, "detail": f"max |x_adv - x| {max_delta:.5f}, eps "
-                     f"{attack.eps:.5f}"},
-        "pixel_range": {"ok": bool(x_adv.min() >= 0 and x_adv.max() <= 1),
-                        "detail": f"x_adv in [{float(x_adv.min()):.3f}, {float(x_adv.max()):.3f}]"},
+        "eps_ball": {
+            "ok": max_delta <= attack.eps + 1e-6,
+            "detail": f"max |x_adv - x| {max_delta:.5f}, eps {attack.eps:.5f}",
+        },
+        "pixel_range": {
+            "ok": bool(x_adv.min() >= 0 and x_adv.max() <= 1),
+            "detail": f"x_adv in [{float(x_adv.min()):.3f}, {float(x_adv.max()):.3f}]",
+        },
         "finite_outputs": {"ok": bool(torch.isfinite(logits).all()), "detail": "clean logits finite"},
     }
     if white_box:
         zero = _zero_gradient_fraction(source, x[idx], y[idx], device) if len(idx) else 0.0
-        checks["nonzero_gradients"] = {"ok": zero < 0.5, "detail": f"{zero:.1%} of samples have a zero input "
-                                       "gradient"}
+        checks["nonzero_gradients"] = {"ok": zero < 0.5, "detail": f"{zero:.1%} of samples have a zero input gradient"}
     n_correct = int(clean_correct.sum())
     result.update(
         robust_accuracy=_rate(robust_correct),

@@ -29,7 +29,7 @@ from torch import nn
 
 from bench import jsonl
 from bench.cache import StageCache, stage_key
-from bench.compressions import Compressed, CompressContext, QuantSpec
+from bench.compressions import CompressContext, Compressed, QuantSpec
 from bench.config import to_dict
 from bench.datasets import DataSplits, load_dataset
 from bench.evaluate import evaluate
@@ -58,8 +58,9 @@ class StageResult:
 class Pipeline:
     """Runs and caches the stages of a suite's cells; one instance per run."""
 
-    def __init__(self, suite: Suite, cache: StageCache, stages_log: Path, device: str, threads: int,
-                 environment: dict[str, Any]) -> None:
+    def __init__(
+        self, suite: Suite, cache: StageCache, stages_log: Path, device: str, threads: int, environment: dict[str, Any]
+    ) -> None:
         self.suite = suite
         self.cache = cache
         self.stages_log = stages_log
@@ -71,8 +72,14 @@ class Pipeline:
 
     # -- the generic stage: cache lookup, build in a staging folder, commit, log ------------------------------
 
-    def _stage(self, kind: str, config: Any, inputs: list[str], build: Callable[[Path], dict[str, Any]],
-               load: Callable[[Path, dict[str, Any]], Any] | None = None) -> StageResult:
+    def _stage(
+        self,
+        kind: str,
+        config: Any,
+        inputs: list[str],
+        build: Callable[[Path], dict[str, Any]],
+        load: Callable[[Path, dict[str, Any]], Any] | None = None,
+    ) -> StageResult:
         key = stage_key(kind, config, inputs)
         if (kind, key) in self._memo:
             return self._memo[(kind, key)]
@@ -89,15 +96,18 @@ class Pipeline:
                 path = self.cache.commit(kind, key, staging, meta)
             value = load(path, meta) if load else None
         seconds = time.perf_counter() - start
-        jsonl.append(self.stages_log, {
-            "kind": kind,
-            "key": key,
-            "cache_hit": hit,
-            "seconds": round(seconds, 6),
-            "peak_memory_mb": round(peak.mb, 1),
-            "cell_id": self.current_cell,
-            "time": time.time(),
-        })
+        jsonl.append(
+            self.stages_log,
+            {
+                "kind": kind,
+                "key": key,
+                "cache_hit": hit,
+                "seconds": round(seconds, 6),
+                "peak_memory_mb": round(peak.mb, 1),
+                "cell_id": self.current_cell,
+                "time": time.time(),
+            },
+        )
         result = StageResult(kind, key, path, meta, hit, value)
         self._memo[(kind, key)] = result
         return result
@@ -111,8 +121,13 @@ class Pipeline:
 
         def build(staging: Path) -> dict[str, Any]:
             torch.save({"x": splits.x_eval, "y": splits.y_eval}, staging / "eval.pt")
-            return {"n_train": len(splits.x_train), "n_calib": len(splits.x_calib), "n_eval": len(splits.x_eval),
-                    "in_shape": list(splits.in_shape), "num_classes": splits.num_classes}
+            return {
+                "n_train": len(splits.x_train),
+                "n_calib": len(splits.x_calib),
+                "n_eval": len(splits.x_eval),
+                "in_shape": list(splits.in_shape),
+                "num_classes": splits.num_classes,
+            }
 
         return self._stage("data", config, [], build, load=lambda path, meta: splits)
 
@@ -124,8 +139,9 @@ class Pipeline:
 
         def build(staging: Path) -> dict[str, Any]:
             torch.manual_seed(self.suite.seed)  # the same seed gives the same initial weights
-            model = build_model(cell.model.name, cell.model.config, splits.num_classes, splits.in_shape,
-                                splits.mean, splits.std)
+            model = build_model(
+                cell.model.name, cell.model.config, splits.num_classes, splits.in_shape, splits.mean, splits.std
+            )
             with PeakRSS() as peak:
                 cost = recipe_entry.obj(model, splits, cell.recipe.config, seed=self.suite.seed, device=self.device)
             model = model.cpu().eval()
@@ -149,20 +165,25 @@ class Pipeline:
                 entry = registry("compression").get(step.name)
                 start = time.perf_counter()
                 out: Compressed = entry.obj(model, step.config, ctx)
-                steps.append({"name": step.name, "label": step.label, "seconds": time.perf_counter() - start,
-                              **out.meta})
+                steps.append(
+                    {"name": step.name, "label": step.label, "seconds": time.perf_counter() - start, **out.meta}
+                )
                 model, quant = out.model.cpu().eval(), out.quant or quant
             macs, params = tp.utils.count_ops_and_params(model, example)
             torch.save(model, staging / "model.pt")
-            return {"steps": steps, "quant": to_dict(quant) if quant else None, "params": int(params),
-                    "macs": int(macs), "compress_s": sum(s["seconds"] for s in steps)}
+            return {
+                "steps": steps,
+                "quant": to_dict(quant) if quant else None,
+                "params": int(params),
+                "macs": int(macs),
+                "compress_s": sum(s["seconds"] for s in steps),
+            }
 
         def load(path: Path, meta: dict[str, Any]) -> Compressed:
             quant = QuantSpec(**meta["quant"]) if meta.get("quant") else None
             return Compressed(_load_module(path, meta), quant, meta)
 
-        return self._stage("compress", {"compression": cell.compression.record()}, [trained.key, data.key],
-                           build, load)
+        return self._stage("compress", {"compression": cell.compression.record()}, [trained.key, data.key], build, load)
 
     # -- export -----------------------------------------------------------------------------------------------
 
@@ -215,8 +236,7 @@ class Pipeline:
 
     # -- evaluate ---------------------------------------------------------------------------------------------
 
-    def evaluate(self, cell: Cell, data: StageResult, compressed: StageResult, exported: StageResult
-                 ) -> StageResult:
+    def evaluate(self, cell: Cell, data: StageResult, compressed: StageResult, exported: StageResult) -> StageResult:
         attack_entry = registry("attack").get(cell.attack.name)
         attack = attack_entry.obj(cell.attack.config)
 
@@ -233,8 +253,7 @@ class Pipeline:
             torch.save(outcome.pop("per_sample"), staging / "per_sample.pt")
             return outcome
 
-        config = {"attack": cell.attack.record(), "evaluation": to_dict(self.suite.evaluation),
-                  "seed": self.suite.seed}
+        config = {"attack": cell.attack.record(), "evaluation": to_dict(self.suite.evaluation), "seed": self.suite.seed}
         return self._stage("evaluate", config, [exported.key, compressed.key, data.key], build)
 
 

@@ -1,10 +1,10 @@
 """Reading a run directory back: `bench.load_run(run_dir)` so a user can re-check any number.
 
-    run = bench.load_run("results/default-20261121-120000")
-    run.cells                     # pandas DataFrame, one row per cell record
-    run.model(cell_id)            # the evaluated model (nn.Module, eval mode, [0, 1] pixels in)
-    run.artifact(cell_id)         # the deployed artifact's path
-    run.eval_data(cell_id)        # the (x, y) tensors the cell was scored on
+run = bench.load_run("results/default-20261121-120000")
+run.cells                     # pandas DataFrame, one row per cell record
+run.model(cell_id)            # the evaluated model (nn.Module, eval mode, [0, 1] pixels in)
+run.artifact(cell_id)         # the deployed artifact's path
+run.eval_data(cell_id)        # the (x, y) tensors the cell was scored on
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class Run:
             raise ValueError(f"cell '{cell_id}' is {record.get('status')}: it has no {kind} stage")
         return self.cache_dir / kind / record["stages"][kind]
 
-    def model(self, cell_id: str):  # noqa: ANN201 - torch.nn.Module, imported lazily
+    def model(self, cell_id: str):
         """The evaluated model as an nn.Module in eval mode taking [0, 1] pixels.
 
         For an eager or TorchScript cell this is the deployed module itself (INT8 included); for ONNX Runtime,
@@ -64,7 +64,7 @@ class Run:
     def artifact(self, cell_id: str) -> Path:
         return Path(self.record(cell_id)["artifact"]["path"])
 
-    def eval_data(self, cell_id: str):  # noqa: ANN201 - tuple[torch.Tensor, torch.Tensor]
+    def eval_data(self, cell_id: str):
         import torch
 
         data = torch.load(self._stage_dir(cell_id, "data") / "eval.pt", weights_only=True)

@@ -113,20 +113,27 @@ def _base_record(cell: Cell, suite: Suite, device: str) -> dict[str, Any]:
     record: dict[str, Any] = {"cell_id": cell.cell_id}
     record.update({axis: cell.choice(axis).record() for axis in AXES})
     record["labels"] = {axis: cell.choice(axis).label for axis in AXES}
-    record.update(status=None, reason=None, error=None, dataset=suite.dataset.record(), seed=suite.seed,
-                  device=device)
+    record.update(status=None, reason=None, error=None, dataset=suite.dataset.record(), seed=suite.seed, device=device)
     return record
 
 
-def run_suite(suite: Suite, run_dir: Path, *, cache_dir: Path, resume: bool = False,
-              shard: tuple[int, int] | None = None, device: str | None = None, progress: bool = True
-              ) -> dict[str, Any]:
+def run_suite(
+    suite: Suite,
+    run_dir: Path,
+    *,
+    cache_dir: Path,
+    resume: bool = False,
+    shard: tuple[int, int] | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run every (missing) cell of `suite` into `run_dir`; returns run.json's content."""
     device = resolve_device(device or suite.device)
     cells_path = run_dir / CELLS_FILE
     if cells_path.exists() and not resume:
-        raise BenchInputError(f"{run_dir} already holds a run; pass --resume to finish it or choose another --out",
-                              field="--out")
+        raise BenchInputError(
+            f"{run_dir} already holds a run; pass --resume to finish it or choose another --out", field="--out"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     jsonl.repair(cells_path)  # a run killed mid-write leaves a torn last line
     jsonl.repair(run_dir / STAGES_FILE)
@@ -157,8 +164,14 @@ def run_suite(suite: Suite, run_dir: Path, *, cache_dir: Path, resume: bool = Fa
     pipeline = Pipeline(suite, StageCache(cache_dir), run_dir / STAGES_FILE, device, threads, env)
     todo = [c for c in cells if c.cell_id not in done]
     log.info("%d cells (%d already recorded), run directory %s", len(cells), len(cells) - len(todo), run_dir)
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", disable=not progress,
-               dynamic_ncols=True, desc=suite.name)
+    bar = tqdm(
+        total=len(cells),
+        initial=len(cells) - len(todo),
+        unit="cell",
+        disable=not progress,
+        dynamic_ncols=True,
+        desc=suite.name,
+    )
     try:
         for cell in todo:
             bar.set_postfix_str(cell.cell_id, refresh=True)

@@ -20,8 +20,13 @@ from bench.config import check_range, config_fields, parse_config, to_dict
 from bench.errors import BenchInputError, ConfigError, UnknownNameError
 
 AXES = ("model", "recipe", "compression", "runtime", "attack")
-PLURAL = {"model": "models", "recipe": "recipes", "compression": "compressions", "runtime": "runtimes",
-          "attack": "attacks"}
+PLURAL = {
+    "model": "models",
+    "recipe": "recipes",
+    "compression": "compressions",
+    "runtime": "runtimes",
+    "attack": "attacks",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,11 +115,21 @@ class Suite:
         }
 
 
-TOP_LEVEL_KEYS = ("name", "description", "seed", "device", "dataset", *PLURAL.values(), "measurement",
-                  "evaluation", "exclude", "include")
+TOP_LEVEL_KEYS = (
+    "name",
+    "description",
+    "seed",
+    "device",
+    "dataset",
+    *PLURAL.values(),
+    "measurement",
+    "evaluation",
+    "exclude",
+    "include",
+)
 
 
-def registry_for(axis: str):  # noqa: ANN201 - returns the axis's Registry
+def registry_for(axis: str):
     """The registry of an axis (imported lazily: plugins pull in torch)."""
     from bench import plugins
 
@@ -149,8 +164,7 @@ def disambiguate(choices: list[Choice], where: str) -> list[Choice]:
         if len(members) < 2:
             continue
         given = [dict(choices[i].given) for i in members]
-        keys = [k for k in dict.fromkeys(k for g in given for k in g)
-                if len({repr(g.get(k)) for g in given}) > 1]
+        keys = [k for k in dict.fromkeys(k for g in given for k in g) if len({repr(g.get(k)) for g in given}) > 1]
         for i, params in zip(members, given, strict=True):
             extra = "-".join(f"{k}={_format_value(params[k])}" for k in keys if k in params)
             out[i] = dataclasses.replace(choices[i], label=f"{label}-{extra}" if extra else label)
@@ -302,8 +316,7 @@ def _parse_suite(data: Any, path: Path) -> Suite:
         for i, rule in enumerate(raw):
             for axis in rule:
                 if axis not in AXES:
-                    raise BenchInputError(f"unknown key '{axis}'; valid keys: {', '.join(AXES)}",
-                                          field=f"{key}[{i}]")
+                    raise BenchInputError(f"unknown key '{axis}'; valid keys: {', '.join(AXES)}", field=f"{key}[{i}]")
         rules[key] = raw
 
     suite = Suite(

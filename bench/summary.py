@@ -25,15 +25,17 @@ def summary_table(records: list[dict[str, Any]]) -> str:
     for r in records:
         latency = (r.get("latency_ms") or {}).get("1", {})
         status = r["status"] if r["status"] != "skipped" else f"skipped ({r.get('reason')})"
-        rows.append((
-            r["cell_id"],
-            status,
-            _pct(r.get("clean_accuracy")),
-            _pct(r.get("robust_accuracy")),
-            r.get("threat_model") or "-",
-            f"{latency['p50']:.3f}" if "p50" in latency else "-",
-            _size(r.get("model_size_bytes")),
-        ))
+        rows.append(
+            (
+                r["cell_id"],
+                status,
+                _pct(r.get("clean_accuracy")),
+                _pct(r.get("robust_accuracy")),
+                r.get("threat_model") or "-",
+                f"{latency['p50']:.3f}" if "p50" in latency else "-",
+                _size(r.get("model_size_bytes")),
+            )
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)) for row in (header, *rows)]
     return "\n".join(lines)

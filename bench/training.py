@@ -99,6 +99,7 @@ def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batc
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def accuracy(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
-             ) -> float:
+def accuracy(
+    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
+) -> float:
     return float((predict(model, x, batch_size).argmax(1) == y.cpu()).float().mean())

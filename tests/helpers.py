@@ -38,8 +38,9 @@ def run_cli(args: list[str], capsys: Any) -> tuple[int, str, str]:
 
 def tiny_net(num_classes: int, in_shape: tuple[int, int, int], width: int = 16) -> nn.Module:
     """A user's own model factory, referenced in suites as `tests.helpers:tiny_net`."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(in_shape).prod()), width), nn.ReLU(),
-                         nn.Linear(width, num_classes))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(int(torch.tensor(in_shape).prod()), width), nn.ReLU(), nn.Linear(width, num_classes)
+    )
 
 
 def broken_net(num_classes: int, in_shape: tuple[int, int, int]) -> nn.Module:

@@ -14,9 +14,26 @@ import bench
 from bench import jsonl
 from tests.helpers import run_cli
 
-REQUIRED = ("cell_id", "model", "recipe", "compression", "runtime", "attack", "status", "clean_accuracy",
-            "robust_accuracy", "threat_model", "n_eval", "latency_ms", "throughput_sps", "peak_memory_mb",
-            "model_size_bytes", "params", "macs", "costs")
+REQUIRED = (
+    "cell_id",
+    "model",
+    "recipe",
+    "compression",
+    "runtime",
+    "attack",
+    "status",
+    "clean_accuracy",
+    "robust_accuracy",
+    "threat_model",
+    "n_eval",
+    "latency_ms",
+    "throughput_sps",
+    "peak_memory_mb",
+    "model_size_bytes",
+    "params",
+    "macs",
+    "costs",
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +41,9 @@ def smoke_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
     from bench.cli import main
 
-    code = main(["run", "suites/smoke.yaml", "--out", str(root / "run"), "--cache", str(root / "cache"),
-                 "--no-progress"])
+    code = main(
+        ["run", "suites/smoke.yaml", "--out", str(root / "run"), "--cache", str(root / "cache"), "--no-progress"]
+    )
     return code, root
 
 
@@ -65,8 +83,9 @@ def test_records_carry_measured_metrics(smoke_run):
         else:
             assert 0 <= r["robust_accuracy"] <= r["clean_accuracy"]
             assert all(check["ok"] for check in r["checks"].values()), r["checks"]
-            expected = "white-box" if r["runtime"]["name"] == "eager" and r["compression"]["name"] != "int8" else (
-                "transfer")
+            expected = (
+                "white-box" if r["runtime"]["name"] == "eager" and r["compression"]["name"] != "int8" else ("transfer")
+            )
             assert r["threat_model"] == expected
 
 
@@ -103,8 +122,9 @@ def test_warm_rerun_is_cache_hits_with_same_accuracies(smoke_run, tmp_path):
     _, root = smoke_run
     from bench.cli import main
 
-    code = main(["run", "suites/smoke.yaml", "--out", str(tmp_path / "again"), "--cache", str(root / "cache"),
-                 "--no-progress"])
+    code = main(
+        ["run", "suites/smoke.yaml", "--out", str(tmp_path / "again"), "--cache", str(root / "cache"), "--no-progress"]
+    )
     assert code == 0
     stages = jsonl.read(tmp_path / "again" / "stages.jsonl")
     assert stages and all(s["cache_hit"] for s in stages if s["kind"] != "data")
@@ -138,8 +158,11 @@ def test_load_run_lets_a_user_recheck_numbers(smoke_run):
     run = bench.load_run(root / "run")
     assert len(run.cells) == run.meta["n_cells"]
     assert set(REQUIRED) <= set(run.cells.columns)
-    for cell_id in ("simple_cnn/standard/none/eager/none", "simple_cnn/standard/prune-0.5/eager/none",
-                    "simple_cnn/standard/int8/eager/none"):
+    for cell_id in (
+        "simple_cnn/standard/none/eager/none",
+        "simple_cnn/standard/prune-0.5/eager/none",
+        "simple_cnn/standard/int8/eager/none",
+    ):
         x, y = run.eval_data(cell_id)
         model = run.model(cell_id)
         assert not model.training
@@ -158,8 +181,9 @@ def test_summary_printed(tmp_path, capsys):
     from tests.helpers import TINY_SUITE, write_suite
 
     path = write_suite(tmp_path / "t.yaml", TINY_SUITE)
-    code, out, _ = run_cli(["run", path, "--out", tmp_path / "run", "--cache", tmp_path / "cache", "--no-progress"],
-                           capsys)
+    code, out, _ = run_cli(
+        ["run", path, "--out", tmp_path / "run", "--cache", tmp_path / "cache", "--no-progress"], capsys
+    )
     assert code == 0
     assert "mlp/standard/none/eager/fgsm-0.1" in out
     assert f"report: {tmp_path / 'run' / 'report.html'}" in out

@@ -33,8 +33,9 @@ def test_product_count_and_ids(tmp_path):
 
 
 def test_exclude_partial_match_by_name_and_label(tmp_path):
-    suite = make_suite(tmp_path, exclude=[{"compression": "prune", "runtime": "onnxruntime"},
-                                          {"model": "mlp", "attack": "pgd"}])
+    suite = make_suite(
+        tmp_path, exclude=[{"compression": "prune", "runtime": "onnxruntime"}, {"model": "mlp", "attack": "pgd"}]
+    )
     ids = {c.cell_id for c in build_cells(suite)}
     # prune (both ratios) x onnxruntime removed: 2 models x 2 ratios x 3 attacks = 12
     # mlp x pgd removed: 4 compressions x 2 runtimes = 8, of which mlp/prune/onnxruntime/pgd (2) already gone
@@ -57,8 +58,13 @@ def test_include_matching_an_existing_cell_adds_nothing(tmp_path):
 
 
 def test_include_adds_a_new_cell(tmp_path):
-    new = {"model": "mlp", "recipe": "standard", "compression": {"name": "prune", "ratio": 0.7},
-           "runtime": "eager", "attack": "none"}
+    new = {
+        "model": "mlp",
+        "recipe": "standard",
+        "compression": {"name": "prune", "ratio": 0.7},
+        "runtime": "eager",
+        "attack": "none",
+    }
     suite = make_suite(tmp_path, include=[new], exclude=[{"model": "mlp"}])
     ids = [c.cell_id for c in build_cells(suite)]
     assert len(ids) == 24 + 1

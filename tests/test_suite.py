@@ -18,8 +18,10 @@ def suite_with(**changes):
 
 
 def test_list_values_expand_and_label(tmp_path):
-    data = suite_with(compressions=["none", {"name": "prune", "ratio": [0.3, 0.5]}],
-                      attacks=[{"name": "pgd", "eps": [0.05, 0.1], "steps": 3}])
+    data = suite_with(
+        compressions=["none", {"name": "prune", "ratio": [0.3, 0.5]}],
+        attacks=[{"name": "pgd", "eps": [0.05, 0.1], "steps": 3}],
+    )
     suite = load_suite(write_suite(tmp_path / "s.yaml", data))
     assert [c.label for c in suite.axes["compression"]] == ["none", "prune-0.3", "prune-0.5"]
     assert [c.label for c in suite.axes["attack"]] == ["pgd-0.05", "pgd-0.1"]
@@ -47,16 +49,28 @@ BAD_SUITES = {
     "unknown compression": (suite_with(compressions=["zip"]), "compressions[0].name", "unknown compression"),
     "unknown runtime": (suite_with(runtimes=["tensorrt-lol"]), "runtimes[0].name", "valid: eager, onnxruntime"),
     "unknown dataset": (suite_with(dataset="imagenet"), "dataset.name", "unknown dataset 'imagenet'"),
-    "wrong type": (suite_with(recipes=[{"name": "standard", "epochs": "ten"}]), "recipes[0].epochs",
-                   "expected an integer, got 'ten'"),
-    "wrong type in list": (suite_with(measurement={"batch_sizes": [1, "x"]}), "measurement.batch_sizes[1]",
-                           "expected an integer"),
-    "ratio out of range": (suite_with(compressions=[{"name": "prune", "ratio": 1.5}]), "compressions[0].ratio",
-                           "must be in (0, 1), got 1.5"),
+    "wrong type": (
+        suite_with(recipes=[{"name": "standard", "epochs": "ten"}]),
+        "recipes[0].epochs",
+        "expected an integer, got 'ten'",
+    ),
+    "wrong type in list": (
+        suite_with(measurement={"batch_sizes": [1, "x"]}),
+        "measurement.batch_sizes[1]",
+        "expected an integer",
+    ),
+    "ratio out of range": (
+        suite_with(compressions=[{"name": "prune", "ratio": 1.5}]),
+        "compressions[0].ratio",
+        "must be in (0, 1), got 1.5",
+    ),
     "ratio zero": (suite_with(compressions=[{"name": "prune", "ratio": 0}]), "compressions[0].ratio", "(0, 1)"),
     "negative eps": (suite_with(attacks=[{"name": "pgd", "eps": -0.1}]), "attacks[0].eps", "must be in [0, inf]"),
-    "unknown key in entry": (suite_with(attacks=[{"name": "pgd", "epsilon": 0.1}]), "attacks[0].epsilon",
-                             "unknown key 'epsilon'; valid keys: eps, alpha"),
+    "unknown key in entry": (
+        suite_with(attacks=[{"name": "pgd", "epsilon": 0.1}]),
+        "attacks[0].epsilon",
+        "unknown key 'epsilon'; valid keys: eps, alpha",
+    ),
     "unknown top-level key": (suite_with(modles=["mlp"]), "modles", "unknown key 'modles'"),
     "missing models": ({k: v for k, v in TINY_SUITE.items() if k != "models"}, "models", "missing 'models'"),
     "empty axis": (suite_with(runtimes=[]), "runtimes", "non-empty list"),
@@ -72,7 +86,7 @@ BAD_SUITES = {
 def test_bad_suite_is_one_clear_line_and_exit_2(case, tmp_path, capsys):
     data, field, message = BAD_SUITES[case]
     path = write_suite(tmp_path / "bad.yaml", data)
-    code, out, err = run_cli(["list", path], capsys)
+    code, _out, err = run_cli(["list", path], capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err

@@ -42,8 +42,7 @@ class Attack:
     def eps(self) -> float:
         return self.cfg.eps
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
-                ) -> torch.Tensor:
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -61,8 +60,7 @@ class NoAttack(Attack):
 
     eps = 0.0
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
-                ) -> torch.Tensor:
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return x
 
 

@@ -23,7 +23,6 @@ class FGSMConfig(LinfConfig):
 class FGSM(Attack):
     """Fast Gradient Sign Method (one step of size eps)."""
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
-                ) -> torch.Tensor:
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         grad = input_gradient(model, x, y)
         return (x + self.eps * grad.sign()).clamp(0, 1).detach()

@@ -40,8 +40,7 @@ class PGD(Attack):
     def alpha(self) -> float:
         return self.cfg.alpha if self.cfg.alpha is not None else 2.5 * self.eps / self.cfg.steps
 
-    def _one_run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
-                 ) -> torch.Tensor:
+    def _one_run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         eps = self.eps
         x_adv = x.clone()
         if self.cfg.random_start and eps > 0:
@@ -53,8 +52,7 @@ class PGD(Attack):
             x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
         return x_adv.detach()
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
-                ) -> torch.Tensor:
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         best = self._one_run(model, x, y, generator)
         if self.cfg.restarts == 1:
             return best

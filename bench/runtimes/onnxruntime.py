@@ -84,8 +84,13 @@ class _CalibrationReader:
 
 
 def quantize_onnx(fp32: Path, out: Path, quant: Any, calib_x: np.ndarray) -> dict[str, Any]:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic
-    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     start = time.perf_counter()
@@ -106,8 +111,12 @@ def quantize_onnx(fp32: Path, out: Path, quant: Any, calib_x: np.ndarray) -> dic
         )
     pre.unlink(missing_ok=True)
     ops = count_ops(out)
-    quantized = sum(n for op, n in ops.items() if op in ("DequantizeLinear", "QLinearConv", "QLinearMatMul",
-                                                        "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"))
+    quantized = sum(
+        n
+        for op, n in ops.items()
+        if op
+        in ("DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear")
+    )
     if not quantized:
         raise RuntimeError("ONNX Runtime quantization produced no quantized operator: the model would run in FP32")
     return {
@@ -135,8 +144,11 @@ class OnnxRuntime(Runtime):
         fp32 = staging / "model.onnx"
         start = time.perf_counter()
         export_onnx(model, ctx.example, fp32, self.cfg.exporter, self.cfg.opset)
-        meta: dict[str, Any] = {"exporter": self.cfg.exporter, "opset": self.cfg.opset,
-                                "onnx_export_s": time.perf_counter() - start}
+        meta: dict[str, Any] = {
+            "exporter": self.cfg.exporter,
+            "opset": self.cfg.opset,
+            "onnx_export_s": time.perf_counter() - start,
+        }
         if quant is None:
             files = []
             for f in staging.iterdir():  # the dynamo exporter may write weights to model.onnx.data beside it

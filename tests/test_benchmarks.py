@@ -1,0 +1,105 @@
+"""Benchmarks, run with `pytest --benchmark` (skipped otherwise): timings are compared side by side in one run,
+never asserted in the default test run.
+
+- group `pgd`: this harness's PGD against torchattacks' PGD, same model, data and settings.
+- group `latency-eager` / `latency-onnxruntime`: the harness's measured session call against a bare loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bench.attacks.pgd import PGD, PGDConfig
+from bench.config import parse_config
+from bench.datasets import load_dataset
+from bench.models import MODELS, build_model
+from bench.training import OptimConfig, fit
+
+
+@pytest.fixture(scope="module")
+def trained():
+    data = load_dataset("digits", None, 0)
+    torch.manual_seed(0)
+    model = build_model(
+        "simple_cnn",
+        parse_config(MODELS.get("simple_cnn").config_cls, {}),
+        data.num_classes,
+        data.in_shape,
+        data.mean,
+        data.std,
+    )
+    fit(model, data.x_train, data.y_train, OptimConfig(epochs=5), seed=0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval(), data
+
+
+@pytest.mark.benchmark(group="pgd")
+def test_pgd_this_harness(benchmark, trained):
+    model, data = trained
+    attack = PGD(PGDConfig(eps=0.1, alpha=0.025, steps=10))
+    benchmark(lambda: attack.perturb(model, data.x_eval, data.y_eval, torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.benchmark(group="pgd")
+def test_pgd_torchattacks(benchmark, trained):
+    torchattacks = pytest.importorskip("torchattacks")
+    model, data = trained
+    attack = torchattacks.PGD(model, eps=0.1, alpha=0.025, steps=10, random_start=True)
+    benchmark(lambda: attack(data.x_eval, data.y_eval))
+
+
+@pytest.fixture(scope="module")
+def onnx_file(trained, tmp_path_factory):
+    from bench.runtimes.onnxruntime import export_onnx
+
+    model, data = trained
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(model, data.x_eval[:2], path, "torchscript", 18)
+    return path
+
+
+@pytest.mark.benchmark(group="latency-onnxruntime")
+def test_latency_harness_session_onnxruntime(benchmark, onnx_file):
+    from bench.measure.sessions import open_session
+
+    session = open_session("onnx", onnx_file, "cpu", torch.get_num_threads())
+    x = session.prepare(np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32))
+    benchmark(lambda: session.run(x))
+
+
+@pytest.mark.benchmark(group="latency-onnxruntime")
+def test_latency_bare_session_run(benchmark, onnx_file):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32)
+    benchmark(lambda: session.run(None, {"input": x}))
+
+
+@pytest.mark.benchmark(group="latency-eager")
+def test_latency_harness_session_eager(benchmark, trained, tmp_path):
+    from bench.measure.sessions import open_session
+
+    model, _ = trained
+    torch.save(model, tmp_path / "model.pt")
+    session = open_session("torch", tmp_path / "model.pt", "cpu", torch.get_num_threads())
+    x = session.prepare(np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32))
+    benchmark(lambda: session.run(x))
+
+
+@pytest.mark.benchmark(group="latency-eager")
+def test_latency_bare_inference_mode(benchmark, trained):
+    model, _ = trained
+    x = torch.rand(64, 1, 8, 8)
+
+    def run():
+        with torch.inference_mode():
+            return model(x)
+
+    benchmark(run)

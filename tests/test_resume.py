@@ -1,0 +1,114 @@
+"""A run killed part way (SIGKILL or Ctrl-C) and resumed: no duplicate, no lost record, no recomputed stage."""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench import jsonl
+from tests.helpers import TINY_SUITE, run_cli, write_suite
+
+SUITE = copy.deepcopy(TINY_SUITE) | {
+    "compressions": ["none", {"name": "prune", "ratio": [0.3, 0.5]}],
+    "attacks": ["none", {"name": "fgsm", "eps": [0.05, 0.1]}, {"name": "pgd", "eps": 0.1, "steps": 3}],
+}
+N_CELLS = 3 * 4
+
+
+def _start(suite, out, cache):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.cli",
+            "run",
+            str(suite),
+            "--out",
+            str(out),
+            "--cache",
+            str(cache),
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_records(path, n, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(jsonl.read(path)) >= n:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before {n} records: {proc.stderr.read()}")
+        time.sleep(0.05)
+    pytest.fail("run too slow")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
+def test_interrupted_run_resumes_missing_cells_only(tmp_path, capsys, sig):
+    suite = write_suite(tmp_path / "s.yaml", SUITE)
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    proc = _start(suite, out, cache)
+    _wait_for_records(out / "cells.jsonl", 3, proc)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    before = jsonl.read(out / "cells.jsonl")
+    assert 3 <= len(before) < N_CELLS
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130
+        assert "--resume" in proc.stderr.read()
+        assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+
+    # Without --resume the run directory is protected.
+    code, _, err = run_cli(["run", suite, "--out", out, "--cache", cache, "--no-progress"], capsys)
+    assert code == 2 and "--resume" in err
+
+    code, _, _ = run_cli(["run", suite, "--out", out, "--cache", cache, "--no-progress", "--resume"], capsys)
+    assert code == 0
+    after = jsonl.read(out / "cells.jsonl")
+    ids = [r["cell_id"] for r in after]
+    assert len(ids) == len(set(ids)) == N_CELLS
+    assert [r["cell_id"] for r in after[: len(before)]] == [r["cell_id"] for r in before]
+    # The model trained before the interruption is taken from the cache, not trained again.
+    stages = jsonl.read(out / "stages.jsonl")
+    trains = [s for s in stages if s["kind"] == "train"]
+    assert sum(not s["cache_hit"] for s in trains) == 1
+    assert trains[-1]["cache_hit"]
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+def test_torn_last_line_is_repaired_on_resume(tmp_path, capsys):
+    suite = write_suite(tmp_path / "s.yaml", copy.deepcopy(TINY_SUITE))
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    assert run_cli(["run", suite, "--out", out, "--cache", cache, "--no-progress"], capsys)[0] == 0
+    lines = (out / "cells.jsonl").read_text().splitlines()
+    # simulate a process killed while writing the last record
+    (out / "cells.jsonl").write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])
+    assert run_cli(["run", suite, "--out", out, "--cache", cache, "--no-progress", "--resume"], capsys)[0] == 0
+    after = jsonl.read(out / "cells.jsonl")
+    assert [r["cell_id"] for r in after] == [json.loads(line)["cell_id"] for line in lines]
+
+
+def test_failed_cell_is_recorded_and_run_goes_on(tmp_path, capsys):
+    data = copy.deepcopy(TINY_SUITE) | {"models": [{"name": "mlp", "hidden": [16]}, "tests.helpers:broken_net"]}
+    suite = write_suite(tmp_path / "s.yaml", data)
+    code, out, _ = run_cli(
+        ["run", suite, "--out", tmp_path / "run", "--cache", tmp_path / "cache", "--no-progress"], capsys
+    )
+    assert code == 1
+    records = jsonl.read(tmp_path / "run" / "cells.jsonl")
+    status = {r["cell_id"]: r["status"] for r in records}
+    assert status["mlp/standard/none/eager/none"] == "ok"
+    failed = [r for r in records if r["status"] == "failed"]
+    assert len(failed) == 2
+    assert "this model is broken on purpose" in failed[0]["error"]
+    assert "Traceback" in failed[0]["error"]
+    assert "2 failed" in out
