@@ -68,7 +68,7 @@ def evaluate(
         "threat_model": None,
         "surrogate": None,
         "attack_s": 0.0,
-        "checks": {},
+        "checks": {"finite_outputs": {"ok": bool(torch.isfinite(logits).all()), "detail": "clean logits finite"}},
     }
     per_sample = {"clean_correct": clean_correct, "robust_correct": None}
     if attack is None:
@@ -85,7 +85,7 @@ def evaluate(
     robust_correct = clean_correct & adv_correct
     delta = (x_adv - x).abs().flatten(1).max(1).values if len(x) else torch.zeros(0)
     max_delta = float(delta.max()) if len(delta) else 0.0
-    checks = {
+    checks = result["checks"] | {
         "eps_ball": {
             "ok": max_delta <= attack.eps + 1e-6,
             "detail": f"max |x_adv - x| {max_delta:.5f}, eps {attack.eps:.5f}",
@@ -94,7 +94,6 @@ def evaluate(
             "ok": bool(x_adv.min() >= 0 and x_adv.max() <= 1),
             "detail": f"x_adv in [{float(x_adv.min()):.3f}, {float(x_adv.max()):.3f}]",
         },
-        "finite_outputs": {"ok": bool(torch.isfinite(logits).all()), "detail": "clean logits finite"},
     }
     if white_box:
         zero = _zero_gradient_fraction(source, x[idx], y[idx], device) if len(idx) else 0.0

@@ -17,21 +17,24 @@ import itertools
 from typing import Any
 
 from bench.errors import BenchInputError
-from bench.suite import AXES, PLURAL, Choice, Suite, parse_entry
+from bench.suite import AXES, PLURAL, RULE_KEYS, Choice, Suite, parse_entry
 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
+    dataset: Choice
     model: Choice
     recipe: Choice
     compression: Choice
     runtime: Choice
     attack: Choice
     skip_reason: str | None = None
+    dataset_in_id: bool = False  # only suites with several datasets prefix ids with the dataset
 
     @property
     def cell_id(self) -> str:
-        return "/".join(getattr(self, axis).label for axis in AXES)
+        parts = [getattr(self, axis).label for axis in AXES]
+        return "/".join([self.dataset.label, *parts] if self.dataset_in_id else parts)
 
     def choice(self, axis: str) -> Choice:
         return getattr(self, axis)
@@ -58,12 +61,14 @@ def _rule_matches(rule: dict[str, Any], combo: dict[str, Choice]) -> bool:
 
 def _resolve_include_value(suite: Suite, axis: str, value: Any, where: str) -> Choice:
     """The choice an include rule names: an existing entry if one matches, else a new one parsed from it."""
-    existing = [c for c in suite.axes[axis] if _matches(c, value)]
+    existing = [c for c in suite.choices(axis) if _matches(c, value)]
     if len(existing) == 1:
         return existing[0]
     if len(existing) > 1:
         labels = ", ".join(c.label for c in existing)
-        raise BenchInputError(f"'{value}' matches several {PLURAL[axis]} ({labels}); name one label", field=where)
+        raise BenchInputError(
+            f"'{value}' matches several {PLURAL.get(axis, 'datasets')} ({labels}); name one label", field=where
+        )
     parsed = parse_entry(axis, value, where)
     if len(parsed) != 1:
         raise BenchInputError("an include rule names one entry per axis (no list values)", field=where)
@@ -74,8 +79,8 @@ def check_rules(suite: Suite) -> None:
     """Reject exclude values that match no entry (a typo would silently exclude nothing) and bad include values."""
     for i, rule in enumerate(suite.exclude):
         for axis, value in rule.items():
-            if not any(_matches(c, value) for c in suite.axes[axis]):
-                listed = ", ".join(c.label for c in suite.axes[axis])
+            if not any(_matches(c, value) for c in suite.choices(axis)):
+                listed = ", ".join(c.label for c in suite.choices(axis))
                 raise BenchInputError(f"{value!r} matches no {axis}; listed: {listed}", field=f"exclude[{i}].{axis}")
     for i, rule in enumerate(suite.include):
         for axis, value in rule.items():
@@ -97,13 +102,18 @@ def skip_reason(cell: Cell, device: str) -> str | None:
 
 def build_cells(suite: Suite, device: str = "cpu") -> list[Cell]:
     """Every cell of the suite, in a stable order (axis lists in suite order), each with its skip reason."""
-    combos = [dict(zip(AXES, values, strict=True)) for values in itertools.product(*(suite.axes[a] for a in AXES))]
+    combos = [
+        dict(zip(RULE_KEYS, values, strict=True))
+        for values in itertools.product(*(suite.choices(a) for a in RULE_KEYS))
+    ]
     combos = [c for c in combos if not any(_rule_matches(rule, c) for rule in suite.exclude)]
     original = list(combos)
     for i, rule in enumerate(suite.include):
         if any(_rule_matches(rule, c) for c in original):
             continue  # GitHub semantics: it only names values these cells already have
         missing = [a for a in AXES if a not in rule]
+        if "dataset" not in rule and len(suite.datasets) > 1:
+            missing.insert(0, "dataset")
         if missing:
             raise BenchInputError(
                 f"matches no cell, so it adds one, which must name every axis (missing: {', '.join(missing)})",
@@ -111,12 +121,17 @@ def build_cells(suite: Suite, device: str = "cpu") -> list[Cell]:
                 field=f"include[{i}]",
             )
         combo = {a: _resolve_include_value(suite, a, rule[a], f"include[{i}].{a}") for a in AXES}
+        combo["dataset"] = (
+            _resolve_include_value(suite, "dataset", rule["dataset"], f"include[{i}].dataset")
+            if "dataset" in rule
+            else suite.datasets[0]
+        )
         if combo not in combos:
             combos.append(combo)
     cells = []
     seen = set()
     for combo in combos:
-        cell = Cell(**combo)
+        cell = Cell(**combo, dataset_in_id=len(suite.datasets) > 1)
         if cell.cell_id in seen:
             continue
         seen.add(cell.cell_id)

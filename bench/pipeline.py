@@ -29,7 +29,7 @@ from torch import nn
 
 from bench import jsonl
 from bench.cache import StageCache, stage_key
-from bench.compressions import CompressContext, Compressed, QuantSpec
+from bench.compressions import CompressContext, Compressed, lowering_from_dict
 from bench.config import to_dict
 from bench.datasets import DataSplits, load_dataset
 from bench.evaluate import evaluate
@@ -39,6 +39,7 @@ from bench.measure.memory import PeakRSS
 from bench.measure.sessions import pin_threads_env
 from bench.models import build_model
 from bench.plugins import registry
+from bench.registry import NoConfig
 from bench.runtimes import Exported
 from bench.suite import Choice, Suite
 
@@ -68,6 +69,7 @@ class Pipeline:
         self.threads = threads
         self.environment = environment
         self._memo: dict[tuple[str, str], StageResult] = {}
+        self._splits: dict[str, DataSplits] = {}
         self.current_cell: str | None = None
 
     # -- the generic stage: cache lookup, build in a staging folder, commit, log ------------------------------
@@ -114,9 +116,10 @@ class Pipeline:
 
     # -- data -------------------------------------------------------------------------------------------------
 
-    def data(self) -> StageResult:
-        choice = self.suite.dataset
-        splits = load_dataset(choice.name, choice.config, self.suite.seed)
+    def data(self, choice: Choice) -> StageResult:
+        if choice.label not in self._splits:  # load once per run; the fingerprint keys every later stage
+            self._splits[choice.label] = load_dataset(choice.name, choice.config, self.suite.seed)
+        splits = self._splits[choice.label]
         config = {"dataset": choice.record(), "seed": self.suite.seed, "fingerprint": splits.fingerprint()}
 
         def build(staging: Path) -> dict[str, Any]:
@@ -160,7 +163,7 @@ class Pipeline:
         def build(staging: Path) -> dict[str, Any]:
             model = _copy_module(trained.value)
             ctx = CompressContext(splits, self.suite.seed, self.device, example)
-            steps, quant = [], None
+            steps, lowering = [], None
             for step in cell.compression.chain:
                 entry = registry("compression").get(step.name)
                 start = time.perf_counter()
@@ -168,20 +171,19 @@ class Pipeline:
                 steps.append(
                     {"name": step.name, "label": step.label, "seconds": time.perf_counter() - start, **out.meta}
                 )
-                model, quant = out.model.cpu().eval(), out.quant or quant
+                model, lowering = out.model.cpu().eval(), out.lowering or lowering
             macs, params = tp.utils.count_ops_and_params(model, example)
             torch.save(model, staging / "model.pt")
             return {
                 "steps": steps,
-                "quant": to_dict(quant) if quant else None,
+                "lowering": to_dict(lowering) if lowering else None,
                 "params": int(params),
                 "macs": int(macs),
                 "compress_s": sum(s["seconds"] for s in steps),
             }
 
         def load(path: Path, meta: dict[str, Any]) -> Compressed:
-            quant = QuantSpec(**meta["quant"]) if meta.get("quant") else None
-            return Compressed(_load_module(path, meta), quant, meta)
+            return Compressed(_load_module(path, meta), lowering_from_dict(meta.get("lowering")), meta)
 
         return self._stage("compress", {"compression": cell.compression.record()}, [trained.key, data.key], build, load)
 
@@ -193,7 +195,7 @@ class Pipeline:
         ctx = CompressContext(splits, self.suite.seed, self.device, splits.x_eval[:2])
 
         def build(staging: Path) -> dict[str, Any]:
-            exported = runtime.export(_copy_module(compressed.value.model), compressed.value.quant, ctx, staging)
+            exported = runtime.export(_copy_module(compressed.value.model), compressed.value.lowering, ctx, staging)
             files = {name: (staging / name).stat().st_size for name in exported.files}
             return {
                 "exported": dataclasses.asdict(exported),
@@ -234,6 +236,15 @@ class Pipeline:
         config = {"measurement": to_dict(m), "machine": machine_key(self.environment, self.threads)}
         return self._stage("measure", config, [exported.key], build)
 
+    # -- baseline ---------------------------------------------------------------------------------------------
+
+    def baseline(self, cell: Cell, data: StageResult, trained: StageResult) -> StageResult:
+        """The uncompressed eager model's evaluation under the cell's attack (shared by every variant)."""
+        base = dataclasses.replace(cell, compression=BASELINE_COMPRESSION, runtime=BASELINE_RUNTIME)
+        compressed = self.compress(base, data, trained)
+        exported = self.export(base, data, compressed)
+        return self.evaluate(base, data, compressed, exported)
+
     # -- evaluate ---------------------------------------------------------------------------------------------
 
     def evaluate(self, cell: Cell, data: StageResult, compressed: StageResult, exported: StageResult) -> StageResult:
@@ -255,6 +266,14 @@ class Pipeline:
 
         config = {"attack": cell.attack.record(), "evaluation": to_dict(self.suite.evaluation), "seed": self.suite.seed}
         return self._stage("evaluate", config, [exported.key, compressed.key, data.key], build)
+
+
+BASELINE_COMPRESSION = Choice("compression", "none", "none", NoConfig())
+BASELINE_RUNTIME = Choice("runtime", "eager", "eager", NoConfig())
+
+
+def is_baseline(cell: Cell) -> bool:
+    return cell.compression.record() == {"name": "none"} and cell.runtime.record() == {"name": "eager"}
 
 
 def run_worker(spec: dict[str, Any], threads: int) -> dict[str, Any]:

@@ -20,10 +20,11 @@ from tqdm import tqdm
 
 from bench import jsonl
 from bench.cache import StageCache
+from bench.checks import budget_verdict, compression_checks
 from bench.env import environment
 from bench.errors import BenchInputError
 from bench.matrix import Cell, build_cells, select_shard
-from bench.pipeline import Pipeline
+from bench.pipeline import Pipeline, is_baseline
 from bench.suite import AXES, Suite
 
 log = logging.getLogger(__name__)
@@ -50,19 +51,20 @@ def default_run_dir(suite: Suite, root: Path = Path("results")) -> Path:
 
 def cell_record(cell: Cell, pipeline: Pipeline) -> dict[str, Any]:
     """Run the stages of one cell and assemble its record (DESIGN.md section 5)."""
-    data = pipeline.data()
+    data = pipeline.data(cell.dataset)
     trained = pipeline.train(cell, data)
     compressed = pipeline.compress(cell, data, trained)
     exported = pipeline.export(cell, data, compressed)
     measured = pipeline.measure(cell, data, exported)
     evaluated = pipeline.evaluate(cell, data, compressed, exported)
+    baseline = pipeline.baseline(cell, data, trained) if not is_baseline(cell) else evaluated
 
     m = measured.meta["result"]
     ev = evaluated.meta
     export_meta = exported.meta["exported"]["meta"]
     quantize_s = export_meta.get("quantize_s", 0.0)
     latency = {b: {k: v for k, v in stats.items() if k != "warmup_s"} for b, stats in m["latency_ms"].items()}
-    return {
+    record = {
         "status": "ok",
         "clean_accuracy": ev["clean_accuracy"],
         "robust_accuracy": ev["robust_accuracy"],
@@ -86,7 +88,13 @@ def cell_record(cell: Cell, pipeline: Pipeline) -> dict[str, Any]:
         },
         "attack_success_rate": ev.get("attack_success_rate"),
         "agreement": ev["agreement"],
-        "checks": ev["checks"],
+        "checks": ev["checks"]
+        | compression_checks(compressed.meta["steps"], compressed.meta.get("lowering"), export_meta),
+        "baseline": {
+            "cell": "compression none, runtime eager",
+            "clean_accuracy": baseline.meta["clean_accuracy"],
+            "robust_accuracy": baseline.meta["robust_accuracy"],
+        },
         "measurement": {
             "profile": measured.meta["profile"],
             "threads": measured.meta["threads"],
@@ -98,7 +106,7 @@ def cell_record(cell: Cell, pipeline: Pipeline) -> dict[str, Any]:
         },
         "training": trained.meta["cost"],
         "compression_steps": compressed.meta["steps"],
-        "quantization": export_meta if compressed.meta.get("quant") else None,
+        "lowering": export_meta if compressed.meta.get("lowering") else None,
         "artifact": {
             "format": exported.meta["exported"]["format"],
             "files": exported.meta["files"],
@@ -107,13 +115,15 @@ def cell_record(cell: Cell, pipeline: Pipeline) -> dict[str, Any]:
         },
         "stages": {s.kind: s.key for s in (data, trained, compressed, exported, measured, evaluated)},
     }
+    record["budget"] = budget_verdict(record, record["baseline"], pipeline.suite.evaluation.budget)
+    return record
 
 
 def _base_record(cell: Cell, suite: Suite, device: str) -> dict[str, Any]:
     record: dict[str, Any] = {"cell_id": cell.cell_id}
     record.update({axis: cell.choice(axis).record() for axis in AXES})
-    record["labels"] = {axis: cell.choice(axis).label for axis in AXES}
-    record.update(status=None, reason=None, error=None, dataset=suite.dataset.record(), seed=suite.seed, device=device)
+    record["labels"] = {axis: cell.choice(axis).label for axis in ("dataset", *AXES)}
+    record.update(status=None, reason=None, error=None, dataset=cell.dataset.record(), seed=suite.seed, device=device)
     return record
 
 

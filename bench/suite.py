@@ -76,12 +76,18 @@ class MeasurementConfig:
 
 @dataclasses.dataclass
 class EvaluationConfig:
-    """How accuracy is scored: batch size of the eval passes and of attack crafting."""
+    """How accuracy is scored, and the accuracy budget compressed cells are held to.
+
+    `budget`: a compressed cell must keep this fraction of its uncompressed baseline's accuracy (same model and
+    recipe, no compression, eager) clean and under the same attack; MLPerf's 99% rule by default.
+    """
 
     batch_size: int = 256
+    budget: float = 0.99
 
     def __post_init__(self) -> None:
         check_range("batch_size", self.batch_size, lo=1)
+        check_range("budget", self.budget, lo=0, hi=1, lo_open=True)
 
 
 @dataclasses.dataclass
@@ -90,13 +96,17 @@ class Suite:
     file: str
     seed: int
     device: str
-    dataset: Choice
+    datasets: list[Choice]
     axes: dict[str, list[Choice]]
     measurement: MeasurementConfig
     evaluation: EvaluationConfig
     exclude: list[dict[str, Any]]
     include: list[dict[str, Any]]
     description: str = ""
+
+    def choices(self, axis: str) -> list[Choice]:
+        """The entries of an axis; `dataset` is an axis of the matrix too."""
+        return self.datasets if axis == "dataset" else self.axes[axis]
 
     def resolved(self) -> dict[str, Any]:
         """The suite with every default filled in, for run.json."""
@@ -106,7 +116,7 @@ class Suite:
             "description": self.description,
             "seed": self.seed,
             "device": self.device,
-            "dataset": self.dataset.record(),
+            "datasets": [c.record() | {"label": c.label} for c in self.datasets],
             **{PLURAL[a]: [c.record() | {"label": c.label} for c in self.axes[a]] for a in AXES},
             "measurement": to_dict(self.measurement),
             "evaluation": to_dict(self.evaluation),
@@ -121,12 +131,14 @@ TOP_LEVEL_KEYS = (
     "seed",
     "device",
     "dataset",
+    "datasets",
     *PLURAL.values(),
     "measurement",
     "evaluation",
     "exclude",
     "include",
 )
+RULE_KEYS = ("dataset", *AXES)  # exclude / include rules may also name the dataset
 
 
 def registry_for(axis: str):
@@ -292,9 +304,16 @@ def _parse_suite(data: Any, path: Path) -> Suite:
     if device not in ("cpu", "cuda", "auto"):
         raise BenchInputError(f"expected cpu, cuda or auto, got {device!r}", field="device")
 
-    datasets = parse_entry("dataset", data.get("dataset", "digits"), "dataset")
-    if len(datasets) != 1:
-        raise BenchInputError("a suite has one dataset configuration (no list values)", field="dataset")
+    if "dataset" in data and "datasets" in data:
+        raise BenchInputError("give either 'dataset' (one) or 'datasets' (a list), not both", field="datasets")
+    if "datasets" in data:
+        raw_datasets = data["datasets"]
+        if not isinstance(raw_datasets, list) or not raw_datasets:
+            raise BenchInputError(f"expected a non-empty list, got {raw_datasets!r}", field="datasets")
+        datasets = [c for i, d in enumerate(raw_datasets) for c in parse_entry("dataset", d, f"datasets[{i}]")]
+    else:
+        datasets = parse_entry("dataset", data.get("dataset", "digits"), "dataset")
+    datasets = disambiguate(datasets, "datasets")
 
     defaults = {"recipe": ["standard"], "compression": ["none"], "runtime": ["eager"], "attack": ["none"]}
     axes: dict[str, list[Choice]] = {}
@@ -315,8 +334,9 @@ def _parse_suite(data: Any, path: Path) -> Suite:
             raise BenchInputError("expected a list of mappings such as {compression: int8, runtime: eager}", field=key)
         for i, rule in enumerate(raw):
             for axis in rule:
-                if axis not in AXES:
-                    raise BenchInputError(f"unknown key '{axis}'; valid keys: {', '.join(AXES)}", field=f"{key}[{i}]")
+                if axis not in RULE_KEYS:
+                    valid = ", ".join(RULE_KEYS)
+                    raise BenchInputError(f"unknown key '{axis}'; valid keys: {valid}", field=f"{key}[{i}]")
         rules[key] = raw
 
     suite = Suite(
@@ -324,7 +344,7 @@ def _parse_suite(data: Any, path: Path) -> Suite:
         file=str(path),
         seed=seed,
         device=device,
-        dataset=datasets[0],
+        datasets=datasets,
         axes=axes,
         measurement=_section(data, "measurement", MeasurementConfig),
         evaluation=_section(data, "evaluation", EvaluationConfig),

@@ -24,7 +24,7 @@ def summary_table(records: list[dict[str, Any]]) -> str:
     rows = []
     for r in records:
         latency = (r.get("latency_ms") or {}).get("1", {})
-        status = r["status"] if r["status"] != "skipped" else f"skipped ({r.get('reason')})"
+        status = r["status"]
         rows.append(
             (
                 r["cell_id"],
@@ -36,6 +36,8 @@ def summary_table(records: list[dict[str, Any]]) -> str:
                 _size(r.get("model_size_bytes")),
             )
         )
+    reasons = sorted({r["reason"] for r in records if r["status"] == "skipped"})
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)) for row in (header, *rows)]
+    lines += [f"skipped: {reason}" for reason in reasons]
     return "\n".join(lines)

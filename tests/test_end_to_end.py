@@ -97,10 +97,10 @@ def test_compressions_really_happened(smoke_run):
     assert pruned["params"] < base["params"] / 2.5  # half the channels: about a quarter of the weights
     assert pruned["macs"] < base["macs"] / 2.5
     int8_ort = records["simple_cnn/standard/int8/onnxruntime/none"]
-    assert int8_ort["quantization"]["quantized_ops"] > 0
+    assert int8_ort["lowering"]["quantized_ops"] > 0
     assert int8_ort["model_size_bytes"] < records["simple_cnn/standard/none/onnxruntime/none"]["model_size_bytes"]
     int8_eager = records["simple_cnn/standard/int8/eager/none"]
-    assert any("conv" in name or "0" in name for name in int8_eager["quantization"]["quantized_layers"])
+    assert any("conv" in name or "0" in name for name in int8_eager["lowering"]["quantized_layers"])
 
 
 def test_stages_are_shared(smoke_run):

@@ -83,7 +83,7 @@ def test_skip_reasons_come_from_capabilities(tmp_path):
     # eager runs no INT8 on CUDA (quantized kernels are CPU-only)
     assert {c.compression.name for c in skipped} == {"int8"}
     assert all(c.runtime.name == "eager" for c in skipped)
-    assert "not int8" in skipped[0].skip_reason
+    assert "no int8 kernels on cuda" in skipped[0].skip_reason
 
 
 def test_shards_partition_the_cells(tmp_path):

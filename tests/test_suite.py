@@ -45,7 +45,7 @@ def test_compression_chain(tmp_path):
 
 BAD_SUITES = {
     "unknown model": (suite_with(models=["resnet9000"]), "models[0].name", "unknown model 'resnet9000'; valid: mlp"),
-    "unknown attack": (suite_with(attacks=["cw"]), "attacks[0].name", "valid: fgsm, none, pgd"),
+    "unknown attack": (suite_with(attacks=["cw"]), "attacks[0].name", "unknown attack 'cw'; valid: "),
     "unknown compression": (suite_with(compressions=["zip"]), "compressions[0].name", "unknown compression"),
     "unknown runtime": (suite_with(runtimes=["tensorrt-lol"]), "runtimes[0].name", "valid: eager, onnxruntime"),
     "unknown dataset": (suite_with(dataset="imagenet"), "dataset.name", "unknown dataset 'imagenet'"),

@@ -1,8 +1,10 @@
-"""`prune`: structured channel pruning that physically removes channels (Torch-Pruning, Fang et al. CVPR 2023).
+"""`prune`: structured channel pruning that physically removes channels (Torch-Pruning, Fang et al., "DepGraph:
+Towards Any Structural Pruning", CVPR 2023, arXiv:2301.12900).
 
-Channels are ranked by the L1 (or L2) norm of their weights, coupled layers (conv -> bn -> add -> next conv) are
-pruned together through Torch-Pruning's dependency graph, and the classifier layer keeps its outputs. The result
-is a smaller dense model, so latency drops on dense kernels, unlike `torch.nn.utils.prune`'s masks.
+Channels are ranked by the L1 or L2 norm of their weights, or by first-order Taylor importance (|w * dL/dw|,
+Molchanov et al. CVPR 2019, data-aware: gradients of the loss on a calibration batch); coupled layers (conv -> bn
+-> residual add -> next conv) are pruned together through Torch-Pruning's dependency graph, and the classifier
+keeps its outputs. The result is a smaller dense model, so latency drops on dense kernels, unlike masks.
 """
 
 from __future__ import annotations
@@ -14,15 +16,14 @@ from typing import Literal
 import torch_pruning as tp
 from torch import nn
 
-from bench.compressions import COMPRESSIONS, CompressContext, Compressed
+from bench.compressions import COMPRESSIONS, CompressContext, Compressed, finetune
 from bench.config import check_range
-from bench.training import OptimConfig, fit
 
 
 @dataclasses.dataclass
 class PruneConfig:
-    ratio: float = 0.5  # fraction of channels removed per layer
-    norm: Literal["l1", "l2"] = "l1"
+    ratio: float = 0.5  # fraction of channels removed per layer (or overall, with global_pruning)
+    importance: Literal["l1", "l2", "taylor"] = "l1"
     global_pruning: bool = False
     finetune_epochs: int = 0
     finetune_lr: float = 0.01
@@ -41,40 +42,44 @@ def classifier_layer(model: nn.Module) -> nn.Module:
     return layers[-1]
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def _importance(cfg: PruneConfig) -> tp.importance.Importance:
+    if cfg.importance == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    return tp.importance.GroupMagnitudeImportance(p=1 if cfg.importance == "l1" else 2)
 
 
 @COMPRESSIONS.register("prune", config=PruneConfig, dtype="fp32", primary="ratio")
 def prune(model: nn.Module, cfg: PruneConfig, ctx: CompressContext) -> Compressed:
-    """Structured L1/L2 channel pruning with physical removal, then optional fine-tuning."""
+    """Structured channel pruning (L1 / L2 / Taylor) with physical removal, then optional fine-tuning."""
     example = ctx.example.to("cpu")
     model = model.to("cpu").eval()
     macs_before, params_before = tp.utils.count_ops_and_params(model, example)
-    importance = tp.importance.GroupMagnitudeImportance(p=1 if cfg.norm == "l1" else 2)
     pruner = tp.pruner.BasePruner(
         model,
         example,
-        importance=importance,
+        importance=_importance(cfg),
         pruning_ratio=cfg.ratio,
         global_pruning=cfg.global_pruning,
         ignored_layers=[classifier_layer(model)],
         round_to=cfg.round_to,
     )
     start = time.perf_counter()
+    if cfg.importance == "taylor":  # data-aware: needs the loss gradients on a batch of the calibration split
+        model.zero_grad()
+        loss = nn.functional.cross_entropy(model(ctx.data.x_calib[:256]), ctx.data.y_calib[:256])
+        loss.backward()
     pruner.step()
+    model.zero_grad(set_to_none=True)
     prune_s = time.perf_counter() - start
     macs_after, params_after = tp.utils.count_ops_and_params(model, example)
+    if not (params_after < params_before and macs_after < macs_before):
+        raise RuntimeError(f"pruning removed nothing: params {params_before} -> {params_after}")
     meta = {
         "params_before": int(params_before),
         "params_after": int(params_after),
         "macs_before": int(macs_before),
         "macs_after": int(macs_after),
         "prune_s": prune_s,
+        **finetune(model, ctx, cfg.finetune_epochs, cfg.finetune_lr),
     }
-    if cfg.finetune_epochs:
-        optim = OptimConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
-        cost = fit(model, ctx.data.x_train, ctx.data.y_train, optim, seed=ctx.seed, device=ctx.device)
-        model.to("cpu")
-        meta.update(finetune_s=cost.seconds, finetune_epochs=cost.epochs, finetune_samples=cost.samples_seen)
     return Compressed(model.eval(), meta=meta)

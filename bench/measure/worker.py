@@ -7,6 +7,7 @@ times the load as a deployment would see it. ONNX artifacts are opened without i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -22,6 +23,8 @@ from bench.measure.sessions import open_session
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     profile = Profile(**spec["profile"])
+    if spec["format"] == "torchscript":  # the profiling executor re-optimises the graph over the first calls
+        profile = dataclasses.replace(profile, warmup_iterations=max(profile.warmup_iterations, 5))
     batch_sizes = [int(b) for b in spec["batch_sizes"]]
     rng = np.random.default_rng(spec.get("seed", 0))
     shape = tuple(spec["input_shape"])

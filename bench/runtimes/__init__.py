@@ -58,7 +58,7 @@ class Runtime:
         supported = cls.dtypes.get(device.split(":")[0], ())
         if dtype not in supported:
             have = ", ".join(supported) or "nothing"
-            return f"{cls.__name__} on {device} runs {have}, not {dtype}"
+            return f"{cls.__name__} has no {dtype} kernels on {device} (it runs {have} there)"
         return None
 
     def export(self, model: nn.Module, quant: Any, ctx: Any, workdir: Path) -> Exported:

@@ -14,15 +14,34 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.compressions import HalfSpec, QuantSpec
 from bench.registry import NoConfig
 from bench.runtimes import RUNTIMES, Exported, Predictor, Runtime
 from bench.runtimes.torch_int8 import quantize_fx
 
 
+class HalfPrecision(nn.Module):
+    """FP16 weights and activations behind FP32 inputs and outputs (what `keep_io_types` does for ONNX)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
+
+
+def lower_torch(model: nn.Module, lowering: Any, ctx: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Apply an INT8 or FP16 lowering to a PyTorch module (eager and TorchScript runtimes share it)."""
+    if isinstance(lowering, HalfSpec):
+        return HalfPrecision(model.to(ctx.device)), {"precision": "fp16"}
+    return quantize_fx(model, lowering, ctx.data.x_calib[: lowering.calibration_size])
+
+
 def save_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TorchScript's deprecation notice is ours to track, not the user's
-        torch.jit.trace(model.eval(), example.cpu(), check_trace=False).save(str(path))
+        torch.jit.trace(model.eval(), example, check_trace=False).save(str(path))
 
 
 def load_torch_artifact(path: Path, fmt: str, device: str) -> nn.Module:
@@ -41,14 +60,17 @@ class Eager(Runtime):
     dtypes = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16")}
     differentiable = True
 
-    def export(self, model: nn.Module, quant: Any, ctx: Any, workdir: Path) -> Exported:
-        if quant is not None:
-            quantized, meta = quantize_fx(model, quant, ctx.data.x_calib[: quant.calibration_size])
+    def export(self, model: nn.Module, lowering: Any, ctx: Any, workdir: Path) -> Exported:
+        if isinstance(lowering, QuantSpec):
+            quantized, meta = lower_torch(model, lowering, ctx)
             save_torchscript(quantized, ctx.example, workdir / "model.int8.ts")
             meta["serialization"] = "torchscript (quantized FX modules do not unpickle)"
             return Exported("torchscript", "model.int8.ts", ["model.int8.ts"], meta)
+        meta: dict[str, Any] = {}
+        if lowering is not None:
+            model, meta = lower_torch(model, lowering, ctx)
         torch.save(model, workdir / "model.pt")
-        return Exported(self.format, "model.pt", ["model.pt"], {})
+        return Exported(self.format, "model.pt", ["model.pt"], meta)
 
     def predictor(self, workdir: Path, exported: Exported, device: str, threads: int | None) -> Predictor:
         model = load_torch_artifact(workdir / exported.main_file, exported.format, device)

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.compressions import HalfSpec
 from bench.runtimes import RUNTIMES, Exported, Runtime
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,17 @@ def quantize_onnx(fp32: Path, out: Path, quant: Any, calib_x: np.ndarray) -> dic
     }
 
 
+def convert_fp16(fp32: Path, out: Path) -> dict[str, Any]:
+    """FP16 weights and compute, FP32 inputs and outputs (`keep_io_types`), as ONNX Runtime's tooling does it."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    start = time.perf_counter()
+    model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    onnx.save(model, str(out))
+    return {"precision": "fp16", "convert_s": time.perf_counter() - start, "keep_io_types": True}
+
+
 @RUNTIMES.register("onnxruntime", config=OnnxRuntimeConfig)
 class OnnxRuntime(Runtime):
     """ONNX Runtime, CPU execution provider (CUDA provider with device cuda when installed)."""
@@ -138,7 +151,7 @@ class OnnxRuntime(Runtime):
     dtypes = {"cpu": ("fp32", "int8", "fp16"), "cuda": ("fp32", "int8", "fp16")}
     differentiable = False
 
-    def export(self, model: nn.Module, quant: Any, ctx: Any, workdir: Path) -> Exported:
+    def export(self, model: nn.Module, lowering: Any, ctx: Any, workdir: Path) -> Exported:
         staging = workdir / "staging"
         staging.mkdir()
         fp32 = staging / "model.onnx"
@@ -148,17 +161,23 @@ class OnnxRuntime(Runtime):
             "exporter": self.cfg.exporter,
             "opset": self.cfg.opset,
             "onnx_export_s": time.perf_counter() - start,
+            # the FP32 file(s) a lowering starts from, to check that it really shrank the artifact
+            "fp32_size_bytes": sum(f.stat().st_size for f in staging.iterdir()),
         }
-        if quant is None:
+        if lowering is None:
             files = []
             for f in staging.iterdir():  # the dynamo exporter may write weights to model.onnx.data beside it
                 f.rename(workdir / f.name)
                 files.append(f.name)
             staging.rmdir()
             return Exported(self.format, "model.onnx", sorted(files), meta)
-        calib = ctx.data.x_calib[: quant.calibration_size].numpy().astype(np.float32)
-        meta.update(quantize_onnx(fp32, workdir / "model.int8.onnx", quant, calib))
-        for f in staging.iterdir():
-            f.unlink()
-        staging.rmdir()
-        return Exported(self.format, "model.int8.onnx", ["model.int8.onnx"], meta)
+        if isinstance(lowering, HalfSpec):
+            main = "model.fp16.onnx"
+            meta.update(convert_fp16(fp32, workdir / main))
+        else:
+            main = "model.int8.onnx"
+            calib = ctx.data.x_calib[: lowering.calibration_size].numpy().astype(np.float32)
+            meta.update(quantize_onnx(fp32, workdir / main, lowering, calib))
+        meta["size_ratio_to_fp32"] = (workdir / main).stat().st_size / meta["fp32_size_bytes"]
+        shutil.rmtree(staging)
+        return Exported(self.format, main, [main], meta)

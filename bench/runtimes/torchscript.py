@@ -10,8 +10,7 @@ from torch import nn
 
 from bench.registry import NoConfig
 from bench.runtimes import RUNTIMES, Exported, Predictor, Runtime
-from bench.runtimes.eager import load_torch_artifact, save_torchscript
-from bench.runtimes.torch_int8 import quantize_fx
+from bench.runtimes.eager import load_torch_artifact, lower_torch, save_torchscript
 
 
 @RUNTIMES.register("torchscript", config=NoConfig)
@@ -22,11 +21,14 @@ class TorchScript(Runtime):
     dtypes = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16")}
     differentiable = True
 
-    def export(self, model: nn.Module, quant: Any, ctx: Any, workdir: Path) -> Exported:
+    def export(self, model: nn.Module, lowering: Any, ctx: Any, workdir: Path) -> Exported:
         meta: dict[str, Any] = {}
-        if quant is not None:
-            model, meta = quantize_fx(model, quant, ctx.data.x_calib[: quant.calibration_size])
-        save_torchscript(model, ctx.example, workdir / "model.ts")
+        example = ctx.example
+        if lowering is not None:
+            model, meta = lower_torch(model, lowering, ctx)
+            if meta.get("precision") == "fp16":  # half kernels are traced where they run
+                example = example.to(ctx.device)
+        save_torchscript(model, example, workdir / "model.ts")
         return Exported(self.format, "model.ts", ["model.ts"], meta)
 
     def predictor(self, workdir: Path, exported: Exported, device: str, threads: int | None) -> Predictor:
