@@ -93,11 +93,11 @@ def skip_reason(cell: Cell, device: str) -> str | None:
     """Why this combination cannot run on `device`, from the plugins' declared capabilities (None: it can)."""
     from bench.plugins import registry
 
-    runtime = registry("runtime").get(cell.runtime.name).obj
+    runtime_cls = registry("runtime").get(cell.runtime.name).obj
     dtype = "fp32"
     for step in cell.compression.chain:
         dtype = registry("compression").get(step.name).capabilities.get("dtype", dtype)
-    return runtime.unsupported(dtype, device)
+    return runtime_cls.unsupported(dtype, device) or runtime_cls(cell.runtime.config).unavailable(device)
 
 
 def build_cells(suite: Suite, device: str = "cpu") -> list[Cell]:

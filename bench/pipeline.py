@@ -12,7 +12,6 @@ training-time versus inference-time accounting comes from.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import subprocess
@@ -36,7 +35,7 @@ from bench.evaluate import evaluate
 from bench.matrix import Cell
 from bench.measure.latency import resolve_profile
 from bench.measure.memory import PeakRSS
-from bench.measure.sessions import pin_threads_env
+from bench.measure.sessions import pin_threads_env, sha256_file
 from bench.models import build_model
 from bench.plugins import registry
 from bench.registry import NoConfig
@@ -201,12 +200,12 @@ class Pipeline:
                 "exported": dataclasses.asdict(exported),
                 "files": files,
                 "size_bytes": sum(files.values()),
-                "sha256": _sha256(staging / exported.main_file),
+                "sha256": sha256_file(staging / exported.main_file),
             }
 
         def load(path: Path, meta: dict[str, Any]) -> Any:
             exported = Exported(**meta["exported"])
-            return runtime.predictor(path, exported, self.device, self.threads)
+            return runtime.predictor(path, exported, self.device, self.threads, meta["sha256"])
 
         return self._stage("export", {"runtime": cell.runtime.record()}, [compressed.key], build, load)
 
@@ -224,6 +223,8 @@ class Pipeline:
             "input_shape": data.meta["in_shape"],
             "profile": dataclasses.asdict(profile),
             "seed": self.suite.seed,
+            "options": registry("runtime").get(cell.runtime.name).obj(cell.runtime.config).session_options(),
+            "sha256": exported.meta["sha256"],
         }
 
         def build(staging: Path) -> dict[str, Any]:
@@ -303,14 +304,3 @@ def _copy_module(model: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(model)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-__all__ = ["Choice", "Pipeline", "StageResult", "run_worker"]

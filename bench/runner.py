@@ -58,6 +58,8 @@ def cell_record(cell: Cell, pipeline: Pipeline) -> dict[str, Any]:
     measured = pipeline.measure(cell, data, exported)
     evaluated = pipeline.evaluate(cell, data, compressed, exported)
     baseline = pipeline.baseline(cell, data, trained) if not is_baseline(cell) else evaluated
+    if not compressed.meta.get("lowering"):
+        check_parity(cell, evaluated.meta["agreement"])
 
     m = measured.meta["result"]
     ev = evaluated.meta
@@ -117,6 +119,20 @@ def cell_record(cell: Cell, pipeline: Pipeline) -> dict[str, Any]:
     }
     record["budget"] = budget_verdict(record, record["baseline"], pipeline.suite.evaluation.budget)
     return record
+
+
+PARITY_MAX_ABS_DIFF = 1e-3  # logits of an FP32 runtime against the eager model it was exported from
+PARITY_MIN_AGREEMENT = 0.99
+
+
+def check_parity(cell: Cell, agreement: dict[str, float]) -> None:
+    """An FP32 runtime must compute what the eager model computes; otherwise its numbers describe another model."""
+    diff, top1 = agreement["max_abs_logit_diff"], agreement["top1_agreement"]
+    if diff > PARITY_MAX_ABS_DIFF or top1 < PARITY_MIN_AGREEMENT:
+        raise RuntimeError(
+            f"{cell.runtime.label} disagrees with the FP32 eager model: max |logit difference| {diff:.2e} "
+            f"(tolerance {PARITY_MAX_ABS_DIFF:g}), top-1 agreement {top1:.2%} (at least {PARITY_MIN_AGREEMENT:.0%})"
+        )
 
 
 def _base_record(cell: Cell, suite: Suite, device: str) -> dict[str, Any]:

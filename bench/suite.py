@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -188,12 +189,19 @@ def disambiguate(choices: list[Choice], where: str) -> list[Choice]:
     return out
 
 
+def _is_list_type(tp: Any) -> bool:
+    """list[...] or tuple[...], also inside `X | None`."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_is_list_type(arg) for arg in typing.get_args(tp))
+    return typing.get_origin(tp) in (list, tuple)
+
+
 def _expand_params(config_cls: type, params: dict[str, Any]) -> list[dict[str, Any]]:
     """Cartesian product over list values given for scalar parameters (`ratio: [0.3, 0.5]` -> two entries)."""
     fields = config_fields(config_cls)
     options: list[list[tuple[str, Any]]] = []
     for key, value in params.items():
-        field_is_list = typing.get_origin(fields.get(key)) in (list, tuple)
+        field_is_list = _is_list_type(fields.get(key))
         if isinstance(value, list) and (not field_is_list or (value and isinstance(value[0], list))):
             if not value:
                 raise ConfigError(key, "an empty list expands to no entry")

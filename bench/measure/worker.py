@@ -31,7 +31,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     with PeakRSS() as load_peak:
         t0 = time.perf_counter()
-        session = open_session(spec["format"], Path(spec["path"]), spec["device"], spec.get("threads"))
+        session = open_session(
+            spec["format"],
+            Path(spec["path"]),
+            spec["device"],
+            spec.get("threads"),
+            spec.get("options"),
+            spec.get("sha256"),
+        )
         result["load_s"] = time.perf_counter() - t0
     result["baseline_rss_mb"] = load_peak.start_mb
     inputs = {b: session.prepare(rng.random((b, *shape), dtype=np.float32)) for b in batch_sizes}
@@ -70,7 +77,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     result["throughput_sps"] = largest / (p50 / 1e3) if p50 > 0 else None
     result["throughput_batch"] = largest
     if spec["format"] == "onnx":
-        result["providers"] = getattr(session, "providers", None)
+        result["providers"] = session.session.get_providers()
+        result["session_options"] = session.settings
     return result
 
 

@@ -61,20 +61,34 @@ class Runtime:
             return f"{cls.__name__} has no {dtype} kernels on {device} (it runs {have} there)"
         return None
 
-    def export(self, model: nn.Module, quant: Any, ctx: Any, workdir: Path) -> Exported:
+    def unavailable(self, device: str) -> str | None:
+        """The skip reason when something this configuration needs is missing here (e.g. a provider)."""
+        return None
+
+    def session_options(self) -> dict[str, Any]:
+        """Settings the artifact is opened with, in the measurement worker and for evaluation alike."""
+        return {}
+
+    def export(self, model: nn.Module, lowering: Any, ctx: Any, workdir: Path) -> Exported:
         raise NotImplementedError
 
-    def predictor(self, workdir: Path, exported: Exported, device: str, threads: int | None) -> Predictor:
-        """Open the artifact in this process; the default goes through bench.measure.sessions."""
-        from bench.measure.sessions import open_session
+    def predictor(
+        self, workdir: Path, exported: Exported, device: str, threads: int | None, sha256: str | None = None
+    ) -> Predictor:
+        """Open the artifact (verified against its sha256) in this process, as the worker opens it."""
+        from bench.measure.sessions import TorchSession, open_session
 
-        session = open_session(exported.format, workdir / exported.main_file, device, threads)
+        session = open_session(
+            exported.format, workdir / exported.main_file, device, threads, self.session_options(), sha256
+        )
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            out = session.to_numpy(session.run(session.prepare(x.detach().cpu().numpy())))
-            return torch.from_numpy(out)
+            out = session.run(session.prepare(x.detach().cpu().numpy()))
+            return torch.as_tensor(session.to_numpy(out))
 
-        return Predictor(run)
+        gradients = isinstance(session, TorchSession) and not exported.meta.get("quantized_layers")
+        # INT8 kernels and ONNX Runtime give no input gradients: no module is offered for white-box attacks
+        return Predictor(run, session.eager_module if gradients and self.differentiable else None)
 
 
-from bench.runtimes import eager, onnxruntime, torchscript  # noqa: E402, F401
+from bench.runtimes import compiled, eager, onnxruntime, torchscript  # noqa: E402, F401

@@ -16,7 +16,7 @@ from torch import nn
 
 from bench.compressions import HalfSpec, QuantSpec
 from bench.registry import NoConfig
-from bench.runtimes import RUNTIMES, Exported, Predictor, Runtime
+from bench.runtimes import RUNTIMES, Exported, Runtime
 from bench.runtimes.torch_int8 import quantize_fx
 
 
@@ -38,10 +38,16 @@ def lower_torch(model: nn.Module, lowering: Any, ctx: Any) -> tuple[nn.Module, d
     return quantize_fx(model, lowering, ctx.data.x_calib[: lowering.calibration_size])
 
 
-def save_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def save_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> str:
+    """Trace the model (or script it when tracing fails, e.g. on data-dependent control flow); returns which."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TorchScript's deprecation notice is ours to track, not the user's
-        torch.jit.trace(model.eval(), example, check_trace=False).save(str(path))
+        try:
+            module, method = torch.jit.trace(model.eval(), example, check_trace=False), "trace"
+        except Exception:
+            module, method = torch.jit.script(model.eval()), "script"
+        module.save(str(path))
+    return method
 
 
 def load_torch_artifact(path: Path, fmt: str, device: str) -> nn.Module:
@@ -71,14 +77,3 @@ class Eager(Runtime):
             model, meta = lower_torch(model, lowering, ctx)
         torch.save(model, workdir / "model.pt")
         return Exported(self.format, "model.pt", ["model.pt"], meta)
-
-    def predictor(self, workdir: Path, exported: Exported, device: str, threads: int | None) -> Predictor:
-        model = load_torch_artifact(workdir / exported.main_file, exported.format, device)
-        quantized = bool(exported.meta.get("quantized_layers"))
-
-        @torch.no_grad()
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return model(x.to(device)).float().cpu()
-
-        # INT8 kernels have no input gradients: no module is offered for white-box attacks
-        return Predictor(run, None if quantized else model)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from bench.compressions import HalfSpec
+from bench.config import check_range
 from bench.runtimes import RUNTIMES, Exported, Runtime
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,17 @@ class OnnxRuntimeConfig:
     # torchscript: the older tracer, deprecated but 10-30x faster to export small models
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
     opset: int = 18
+    # execution providers in priority order (CPU is always the fallback); none: by device
+    providers: list[Literal["cpu", "cuda", "tensorrt"]] | None = None
+    intra_op_threads: int | None = None  # none: the measurement's thread count
+    inter_op_threads: int = 1
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
+
+    def __post_init__(self) -> None:
+        check_range("opset", self.opset, lo=13)
+        check_range("intra_op_threads", self.intra_op_threads, lo=1)
+        check_range("inter_op_threads", self.inter_op_threads, lo=1)
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, exporter: str, opset: int) -> None:
@@ -150,6 +162,24 @@ class OnnxRuntime(Runtime):
     format = "onnx"
     dtypes = {"cpu": ("fp32", "int8", "fp16"), "cuda": ("fp32", "int8", "fp16")}
     differentiable = False
+
+    def unavailable(self, device: str) -> str | None:
+        import onnxruntime as ort
+
+        from bench.measure.sessions import ort_providers
+
+        missing = [p for p in ort_providers(self.cfg.providers, device) if p not in ort.get_available_providers()]
+        if missing:
+            return (
+                f"ONNX Runtime here has no {', '.join(missing)} (available: {', '.join(ort.get_available_providers())})"
+            )
+        return None
+
+    def session_options(self) -> dict[str, Any]:
+        return {
+            k: getattr(self.cfg, k)
+            for k in ("providers", "intra_op_threads", "inter_op_threads", "graph_optimization", "execution_mode")
+        }
 
     def export(self, model: nn.Module, lowering: Any, ctx: Any, workdir: Path) -> Exported:
         staging = workdir / "staging"

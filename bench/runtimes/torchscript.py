@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from bench.registry import NoConfig
-from bench.runtimes import RUNTIMES, Exported, Predictor, Runtime
-from bench.runtimes.eager import load_torch_artifact, lower_torch, save_torchscript
+from bench.runtimes import RUNTIMES, Exported, Runtime
+from bench.runtimes.eager import lower_torch, save_torchscript
 
 
 @RUNTIMES.register("torchscript", config=NoConfig)
@@ -28,14 +27,5 @@ class TorchScript(Runtime):
             model, meta = lower_torch(model, lowering, ctx)
             if meta.get("precision") == "fp16":  # half kernels are traced where they run
                 example = example.to(ctx.device)
-        save_torchscript(model, example, workdir / "model.ts")
+        meta["torchscript"] = save_torchscript(model, example, workdir / "model.ts")
         return Exported(self.format, "model.ts", ["model.ts"], meta)
-
-    def predictor(self, workdir: Path, exported: Exported, device: str, threads: int | None) -> Predictor:
-        module = load_torch_artifact(workdir / exported.main_file, exported.format, device)
-
-        @torch.no_grad()
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return module(x.to(device)).float().cpu()
-
-        return Predictor(run, None if exported.meta.get("quantized_layers") else module)
