@@ -65,7 +65,9 @@ def cell_record(cell: Cell, pipeline: Pipeline) -> dict[str, Any]:
     ev = evaluated.meta
     export_meta = exported.meta["exported"]["meta"]
     quantize_s = export_meta.get("quantize_s", 0.0)
-    latency = {b: {k: v for k, v in stats.items() if k != "warmup_s"} for b, stats in m["latency_ms"].items()}
+    latency = {
+        b: {k: v for k, v in stats.items() if k not in ("warmup_s", "timer")} for b, stats in m["latency_ms"].items()
+    }
     record = {
         "status": "ok",
         "clean_accuracy": ev["clean_accuracy"],

@@ -94,3 +94,32 @@ def time_calls(call: Callable[[], Any], sync: Callable[[], None], profile: Profi
         if enough or elapsed >= profile.max_duration_s:
             break
     return samples, warmup_s
+
+
+def time_calls_cuda(call: Callable[[], Any], profile: Profile) -> tuple[list[float], list[float], float]:
+    """Like `time_calls` on a CUDA device: per call, CUDA events around it (device time) and the host wall time
+    with a synchronisation before and after; (device samples ms, wall samples ms, warmup s)."""
+    import torch
+
+    def sync() -> None:
+        torch.cuda.synchronize()
+
+    _, warmup_s = time_calls(call, sync, dataclasses.replace(profile, min_iterations=1, min_duration_s=0))
+    device_ms: list[float] = []
+    wall_ms: list[float] = []
+    begin = time.perf_counter()
+    while True:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        sync()
+        t0 = time.perf_counter_ns()
+        start.record()
+        call()
+        end.record()
+        sync()
+        wall_ms.append((time.perf_counter_ns() - t0) / 1e6)
+        device_ms.append(start.elapsed_time(end))
+        elapsed = time.perf_counter() - begin
+        if (len(device_ms) >= profile.min_iterations and elapsed >= profile.min_duration_s) or (
+            elapsed >= profile.max_duration_s
+        ):
+            return device_ms, wall_ms, warmup_s

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.measure.latency import Profile, summarize, time_calls
+from bench.measure.latency import Profile, summarize, time_calls, time_calls_cuda
 from bench.measure.memory import PeakRSS
 from bench.measure.sessions import open_session
 
@@ -68,8 +68,16 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     raw: dict[str, list[float]] = {}
     for b in batch_sizes:
         x = inputs[b]
-        samples, warmup_s = time_calls(lambda x=x: session.run(x), session.sync, profile)
-        latency[str(b)] = summarize(samples) | {"warmup_s": warmup_s}
+        if cuda:  # CUDA events time the device; the host wall time (synchronised) is kept beside it
+            samples, wall, warmup_s = time_calls_cuda(lambda x=x: session.run(x), profile)
+            latency[str(b)] = summarize(samples) | {
+                "warmup_s": warmup_s,
+                "timer": "cuda_events",
+                "wall_p50": summarize(wall)["p50"],
+            }
+        else:
+            samples, warmup_s = time_calls(lambda x=x: session.run(x), session.sync, profile)
+            latency[str(b)] = summarize(samples) | {"warmup_s": warmup_s, "timer": "perf_counter"}
         raw[str(b)] = samples
     result["latency_ms"] = latency
     result["samples_ms"] = raw
