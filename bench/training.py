@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -15,6 +15,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+EpochHook = Callable[[int, nn.Module], bool]  # (epoch, 1-based; model) -> True to stop training after this epoch
 
 
 @dataclasses.dataclass
@@ -39,6 +40,7 @@ class TrainCost:
     samples_seen: int
     samples_per_s: float
     final_loss: float
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # recipe-specific, JSON-ready (e.g. early stop)
 
 
 def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -54,8 +56,14 @@ def fit(
     seed: int,
     device: str = "cpu",
     loss_fn: LossFn = cross_entropy,
+    on_epoch_end: EpochHook | None = None,
 ) -> TrainCost:
-    """Train `model` in place on (x, y) with `cfg`; shuffling is seeded, so the same seed gives the same weights."""
+    """Train `model` in place on (x, y) with `cfg`; shuffling is seeded, so the same seed gives the same weights.
+
+    `on_epoch_end(epoch, model)` runs after each epoch (its time counts as training time); returning True stops
+    training there, and `epochs` / `samples_seen` in the cost count only the epochs that ran. The hook may change
+    the model's mode or weights; training mode is restored before the next epoch.
+    """
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
@@ -75,7 +83,8 @@ def fit(
     x, y = x.to(device), y.to(device)
     loss = torch.tensor(float("nan"))
     start = time.perf_counter()
-    for _ in range(cfg.epochs):
+    epochs_run = 0
+    for epoch in range(1, cfg.epochs + 1):
         order = torch.randperm(len(x), generator=generator).to(device)
         for i in range(steps_per_epoch):
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
@@ -84,12 +93,16 @@ def fit(
             loss.backward()
             opt.step()
             sched.step()
+        epochs_run = epoch
+        if on_epoch_end is not None and on_epoch_end(epoch, model):
+            break
+        model.train()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     model.eval()
-    seen = cfg.epochs * len(x)
-    return TrainCost(seconds, cfg.epochs, seen, seen / seconds if seconds > 0 else 0.0, float(loss.detach()))
+    seen = epochs_run * len(x)
+    return TrainCost(seconds, epochs_run, seen, seen / seconds if seconds > 0 else 0.0, float(loss.detach()))
 
 
 @torch.no_grad()

@@ -1,14 +1,20 @@
 """The attack axis: `perturb(model, x, y, generator) -> x_adv`, one small file per attack, inputs in [0, 1].
 
-Every attack here is white-box (it needs input gradients of `model`). The harness decides the threat model per
-cell: on a deployed predictor that has gradients the attack runs on it (white-box); on one that has none
-(ONNX Runtime, INT8 kernels) it runs on the float eager twin and the result is scored on the deployed artifact
-(transfer). The record always names which one produced the number.
+Gradient attacks (`needs_gradients=True`: FGSM, PGD, APGD) need input gradients of `model`. The harness decides
+the threat model per cell: on a deployed predictor that has gradients the attack runs on it (white-box); on one
+that has none (ONNX Runtime, INT8 kernels) it runs on the float eager twin and the result is scored on the deployed
+artifact (transfer). Query attacks (`needs_gradients=False`: Square) call `model` only forward, under
+`torch.no_grad`, so `model` may be any callable batch -> logits, the deployed predictor included (black-box).
+The record always names which one produced the number.
+
+The threat model's ball is `attack.norm` ("Linf" or "L2", from the config's `norm` where it has one) and
+`attack.eps`, both in [0, 1] pixel space.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -31,9 +37,12 @@ class LinfConfig:
 
 
 class Attack:
-    """Base: subclasses implement `perturb`; `norm` and `eps` describe the threat model's ball."""
+    """Base: subclasses implement `perturb`; `norm` and `eps` describe the threat model's ball.
 
-    norm: ClassVar[str] = "Linf"
+    `norm` is the config's `norm` where the config has one, else the class's `norm_default`.
+    """
+
+    norm_default: ClassVar[str] = "Linf"
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -41,6 +50,10 @@ class Attack:
     @property
     def eps(self) -> float:
         return self.cfg.eps
+
+    @property
+    def norm(self) -> str:
+        return getattr(self.cfg, "norm", self.norm_default)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
@@ -54,6 +67,61 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
     return grad.detach()
 
 
+def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (N,) tensor shaped to broadcast against the (N, ...) tensor `like`."""
+    return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def l2_norm(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample L2 norm of an (N, ...) tensor, shape (N,)."""
+    return t.flatten(1).norm(p=2, dim=1)
+
+
+def steepest_step(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """The unit-size ascent direction for `norm`: sign(grad) for Linf, grad / ||grad||_2 per sample for L2."""
+    if norm == "Linf":
+        return grad.sign()
+    return grad / _per_sample(l2_norm(grad) + 1e-10, grad)
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Onto the `norm` ball of radius eps around x, then into [0, 1] (clipping never leaves the ball)."""
+    if norm == "Linf":
+        return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+    delta = x_adv - x
+    factor = (eps / l2_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+    return (x + delta * _per_sample(factor, delta)).clamp(0, 1)
+
+
+def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
+    """A random point of the eps-ball around x, clipped to [0, 1], drawn from `generator` (on the CPU).
+
+    Linf: uniform in the cube. L2: a uniform direction scaled by a radius uniform in [0, eps] (torchattacks'
+    PGDL2; a volume-uniform radius would put almost every start on the sphere in high dimension).
+    """
+    if norm == "Linf":
+        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        return (x + (2 * noise - 1) * eps).clamp(0, 1)
+    direction = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    radius = torch.rand(len(x), generator=generator, dtype=x.dtype)
+    delta = direction * _per_sample(radius * eps / (l2_norm(direction) + 1e-12), direction)
+    return (x + delta.to(x.device)).clamp(0, 1)
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """logit of the true class minus the largest other logit, per sample (< 0: misclassified, 0: a tie)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf")).max(1).values
+    return true - others
+
+
+def query(model: Callable[[torch.Tensor], Any], x: torch.Tensor) -> torch.Tensor:
+    """Logits of a forward-only call: any callable batch -> logits (a module, an ONNX Runtime predictor), float32
+    on x's device, computed under torch.no_grad."""
+    with torch.no_grad():
+        return torch.as_tensor(model(x)).float().to(x.device)
+
+
 @ATTACKS.register("none", config=NoConfig)
 class NoAttack(Attack):
     """No attack: the cell reports clean accuracy only (robust accuracy is null)."""
@@ -64,4 +132,4 @@ class NoAttack(Attack):
         return x
 
 
-from bench.attacks import fgsm, pgd  # noqa: E402, F401
+from bench.attacks import apgd, fgsm, pgd, square  # noqa: E402, F401

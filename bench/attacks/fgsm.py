@@ -1,28 +1,31 @@
 r"""FGSM: Goodfellow, Shlens and Szegedy, "Explaining and Harnessing Adversarial Examples", ICLR 2015
-(arXiv:1412.6572). Distance measure: Linf.
+(arXiv:1412.6572). Distance measure: Linf (the paper's), or L2.
 
-x_adv = clip_[0,1](x + eps * sign(grad_x CE(f(x), y)))
+Linf: x_adv = clip_[0,1](x + eps * sign(grad_x CE(f(x), y)))
+L2:   x_adv = clip_[0,1](x + eps * grad / ||grad||_2), the gradient normalised per sample (the fast gradient
+method under L2, e.g. torchattacks' / cleverhans' `norm=2` variant).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import torch
 from torch import nn
 
-from bench.attacks import ATTACKS, Attack, LinfConfig, input_gradient
+from bench.attacks import ATTACKS, Attack, LinfConfig, input_gradient, steepest_step
 
 
 @dataclasses.dataclass
 class FGSMConfig(LinfConfig):
-    pass
+    norm: Literal["Linf", "L2"] = "Linf"
 
 
 @ATTACKS.register("fgsm", config=FGSMConfig, needs_gradients=True, primary="eps")
 class FGSM(Attack):
-    """Fast Gradient Sign Method (one step of size eps)."""
+    """Fast Gradient Sign Method (one step of size eps; under L2 along the normalised gradient)."""
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         grad = input_gradient(model, x, y)
-        return (x + self.eps * grad.sign()).clamp(0, 1).detach()
+        return (x + self.eps * steepest_step(grad, self.norm)).clamp(0, 1).detach()

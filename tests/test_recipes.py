@@ -1,0 +1,220 @@
+"""Training recipes on digits with a small CNN: adversarial training buys robustness a user can measure."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from bench.attacks.pgd import PGD, PGDConfig
+from bench.config import parse_config
+from bench.datasets import load_dataset
+from bench.errors import ConfigError
+from bench.models import MODELS, build_model
+from bench.recipes import RECIPES
+from bench.recipes.adversarial import OverfitGuard
+from bench.training import accuracy
+
+EPS = 0.1  # training and evaluation radius in [0, 1] pixel space (digits are 8x8, 17 grey levels)
+# AdamW at 1e-2 learns digits in a few epochs under adversarial training; SGD at the default 0.05 needs far more.
+OPTIM = {"epochs": 6, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0}
+PARAMS = {
+    "standard": OPTIM,
+    "fgsm_augment": {**OPTIM, "eps": EPS},
+    "fgsm_rs": {**OPTIM, "eps": EPS},
+    "pgd_at": {**OPTIM, "eps": EPS, "steps": 3},
+    "trades": {**OPTIM, "eps": EPS, "steps": 3},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The model is tiny, so one intra-op thread is as fast as two and does not stall on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("digits", None, 0)
+
+
+def _model(data):
+    torch.manual_seed(0)  # the same initial weights for every recipe, as the pipeline does
+    cfg = parse_config(MODELS.get("simple_cnn").config_cls, {"width": 8, "hidden": 32})
+    return build_model("simple_cnn", cfg, data.num_classes, data.in_shape, data.mean, data.std)
+
+
+def _train(name, params, data, seed=0):
+    entry = RECIPES.get(name)
+    model = _model(data)
+    cost = entry.obj(model, data, parse_config(entry.config_cls, params), seed=seed, device="cpu")
+    return model.eval(), cost
+
+
+def _robust_accuracy(model, data, eps=EPS):
+    x_adv = PGD(PGDConfig(eps=eps, steps=10)).perturb(model, data.x_eval, data.y_eval, torch.Generator().manual_seed(0))
+    return accuracy(model, x_adv, data.y_eval)
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    """name -> (clean accuracy, PGD-10 robust accuracy at EPS, TrainCost), each recipe trained once."""
+    out = {}
+    for name, params in PARAMS.items():
+        model, cost = _train(name, params, data)
+        out[name] = (accuracy(model, data.x_eval, data.y_eval), _robust_accuracy(model, data), cost)
+    return out
+
+
+def _subset(data, n=256):
+    return dataclasses.replace(data, x_train=data.x_train[:n], y_train=data.y_train[:n])
+
+
+# --- behaviour ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(PARAMS))
+def test_each_recipe_learns_and_reports_its_cost(trained, data, name):
+    clean, _, cost = trained[name]
+    assert clean > 0.6, clean  # chance is 0.1
+    assert cost.epochs == OPTIM["epochs"]
+    assert cost.samples_seen == OPTIM["epochs"] * len(data.x_train)  # clean samples, not adversarial passes
+    assert cost.seconds > 0 and cost.samples_per_s == pytest.approx(cost.samples_seen / cost.seconds)
+    assert math.isfinite(cost.final_loss)
+
+
+@pytest.mark.parametrize("name", ["fgsm_rs", "pgd_at", "trades"])
+def test_adversarial_training_beats_standard_under_pgd(trained, name):
+    standard_robust = trained["standard"][1]
+    robust = trained[name][1]
+    assert robust >= standard_robust + 0.10, (name, robust, standard_robust)
+
+
+def test_adversarial_training_costs_more_than_standard(trained):
+    standard_seconds = trained["standard"][2].seconds
+    assert trained["pgd_at"][2].seconds > standard_seconds  # 3 PGD steps: ~4x the passes
+    assert trained["trades"][2].seconds > standard_seconds
+
+
+def test_same_seed_same_weights(data):
+    small = _subset(data)
+    params = {**OPTIM, "epochs": 2, "eps": EPS}
+    a, cost = _train("fgsm_rs", params, small, seed=3)
+    b, _ = _train("fgsm_rs", params, small, seed=3)
+    c, _ = _train("fgsm_rs", params, small, seed=4)
+    assert cost.extra["stopped_early"] is False
+    for (key, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(wa, wb), key
+    assert any(not torch.equal(wa, wc) for wa, wc in zip(a.state_dict().values(), c.state_dict().values(), strict=True))
+
+
+def test_fgsm_augment_with_alpha_zero_is_standard_training(data):
+    small = _subset(data)
+    ref, _ = _train("standard", {**OPTIM, "epochs": 1}, small)
+    aug, _ = _train("fgsm_augment", {**OPTIM, "epochs": 1, "alpha": 0.0}, small)
+    for wr, wa in zip(ref.state_dict().values(), aug.state_dict().values(), strict=True):
+        assert torch.equal(wr, wa)
+
+
+# --- configs --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,params,field",
+    [
+        ("fgsm_augment", {"eps": -0.1}, "eps"),
+        ("fgsm_augment", {"alpha": 1.5}, "alpha"),
+        ("fgsm_augment", {"alpha": -0.1}, "alpha"),
+        ("fgsm_rs", {"eps": -0.01}, "eps"),
+        ("fgsm_rs", {"guard_drop": 1.5}, "guard_drop"),
+        ("pgd_at", {"eps": -1.0}, "eps"),
+        ("pgd_at", {"steps": 0}, "steps"),
+        ("trades", {"beta": -1.0}, "beta"),
+        ("trades", {"lr": 0.0}, "lr"),
+        ("trades", {"gamma": 1.0}, "gamma"),
+    ],
+)
+def test_bad_config_names_the_field(name, params, field):
+    with pytest.raises(ConfigError) as info:
+        parse_config(RECIPES.get(name).config_cls, params)
+    assert info.value.field == field
+
+
+def test_defaults():
+    cfg = {
+        name: parse_config(RECIPES.get(name).config_cls, {}) for name in ("fgsm_augment", "fgsm_rs", "pgd_at", "trades")
+    }
+    assert (cfg["fgsm_augment"].eps, cfg["fgsm_augment"].alpha) == (0.1, 0.5)
+    assert (cfg["pgd_at"].steps, cfg["trades"].steps, cfg["trades"].beta) == (7, 5, 6.0)
+    assert cfg["fgsm_rs"].guard and cfg["fgsm_rs"].guard_samples == 256 and cfg["fgsm_rs"].guard_drop == 0.2
+
+
+# --- the fgsm_rs catastrophic-overfitting guard ---------------------------------------------------------------------
+
+
+def _guard(data, **kwargs):
+    x, y = data.x_train[:64], data.y_train[:64]
+    kwargs = {"max_drop": 0.2, "min_robust": 0.0, **kwargs}
+    return OverfitGuard(x, y, PGD(PGDConfig(eps=EPS, steps=2)), seed=0, **kwargs)
+
+
+def _nudge(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_guard_restores_the_best_epoch_when_robust_accuracy_collapses(data):
+    model, guard = _model(data), _guard(data)
+    best = None
+    for epoch, robust in enumerate([0.30, 0.50, 0.45, 0.20], start=1):
+        _nudge(model)  # "training" between epochs
+        if epoch == 2:
+            best = _weights(model)
+        stop = guard.update(epoch, model, robust)
+        assert stop == (epoch == 4)  # 0.45 is within 20 points of the best 0.50; 0.20 is not
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+    summary = guard.summary()
+    assert summary["stopped_early"] and summary["stopped_epoch"] == 4 and summary["best_epoch"] == 2
+    assert summary["guard_robust_accuracy"] == [0.3, 0.5, 0.45, 0.2]
+
+
+def test_guard_min_robust_only_after_the_best_epoch_reached_it(data):
+    model = _model(data)
+    never_reached = _guard(data, min_robust=0.3)
+    assert not never_reached.update(1, model, 0.10) and not never_reached.update(2, model, 0.05)
+    fell = _guard(data, min_robust=0.3)
+    assert [fell.update(e, model, r) for e, r in enumerate([0.1, 0.35, 0.28], start=1)] == [False, False, True]
+
+
+def test_guard_measures_pgd_robust_accuracy_and_leaves_the_mode(data):
+    model = _model(data).train()
+    guard = _guard(data)
+    assert 0.0 <= guard.robust_accuracy(model) <= 1.0
+    assert model.training
+
+
+def test_fgsm_rs_stops_early_and_keeps_the_best_weights(data, monkeypatch):
+    """A collapse in epoch 3 (as catastrophic overfitting looks) ends training with epoch 2's weights."""
+    collapse = iter([0.40, 0.50, 0.05, 0.60, 0.60])
+    snapshots = {}
+
+    def fake_robust(self, model):
+        snapshots[len(self.history) + 1] = _weights(model)
+        return next(collapse)
+
+    monkeypatch.setattr(OverfitGuard, "robust_accuracy", fake_robust)
+    model, cost = _train("fgsm_rs", {**OPTIM, "epochs": 5, "eps": EPS}, _subset(data))
+    assert cost.extra["stopped_early"] and cost.extra["stopped_epoch"] == 3 and cost.extra["best_epoch"] == 2
+    assert cost.epochs == 3 and cost.samples_seen == 3 * 256
+    assert all(torch.equal(v, snapshots[2][k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, snapshots[3][k]) for k, v in model.state_dict().items())
