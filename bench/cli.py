@@ -91,6 +91,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from bench.results import load_run
 
     print(summary_table(load_run(run_dir).records))
+    for v in meta["invariants"]["violations"]:
+        print(f"invariant violated: {v['check']}: {v['artifact']}: {v['detail']}")
     counts = meta["counts"]
     print(f"\n{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed; run directory: {run_dir}")
     print(f"report: {report}")

@@ -2,9 +2,13 @@
 
 Robust accuracy counts a sample as robust only if it is classified correctly both clean and under attack
 (AutoAttack's convention: only clean-correct samples are attacked, misclassified ones count as broken).
-Adversarial inputs are always *scored on the deployed artifact*; they are crafted on it when it has input
-gradients (white-box) and on its float eager twin when it has none (transfer). Invariants are checked on every
-cell and recorded in `checks`.
+Adversarial inputs are always *scored on the deployed artifact*. Where they are crafted depends on the target:
+- gradient attacks on a target with input gradients: on the target itself (`white-box`);
+- gradient attacks on a target without them (ONNX Runtime, INT8 kernels): on the float eager twin and, for INT8,
+  also on a straight-through fake-quant twin, keeping the per-sample worst (`transfer`), never a silent
+  fallback to a number that looks white-box;
+- query attacks (Square): on the deployed predictor itself (`black-box`).
+Invariants are checked on every cell and recorded in `checks`.
 """
 
 from __future__ import annotations
@@ -24,18 +28,32 @@ def _rate(flags: torch.Tensor) -> float:
     return int(flags.sum()) / len(flags) if len(flags) else float("nan")
 
 
-def _craft(
-    attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, device: str
-) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
+def _rate(flags: torch.Tensor) -> float:
+    """Share of True flags, as an exact ratio of counts (a float32 mean would print 0.925000011920929)."""
+    return int(flags.sum()) / len(flags) if len(flags) else float("nan")
+
+
+def _frozen(model: nn.Module, device: str) -> nn.Module:
     model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)  # gradients w.r.t. inputs only: cheaper, and the model stays untouched
-    out = [
-        attack.perturb(model, x[i : i + batch_size].to(device), y[i : i + batch_size].to(device), generator).cpu()
-        for i in range(0, len(x), batch_size)
-    ]
-    return torch.cat(out) if out else x.clone()
+    return model
+
+
+def _craft(
+    attack: Attack, source: Any, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, device: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Adversarial inputs for (x, y) crafted on `source`, in batches; also per-sample queries when counted."""
+    generator = torch.Generator().manual_seed(seed)
+    out, queries = [], []
+    for i in range(0, len(x), batch_size):
+        out.append(
+            attack.perturb(source, x[i : i + batch_size].to(device), y[i : i + batch_size].to(device), generator).cpu()
+        )
+        if getattr(attack, "last_queries", None) is not None:
+            queries.append(attack.last_queries.cpu())
+    x_adv = torch.cat(out) if out else x.clone()
+    return x_adv, (torch.cat(queries) if queries else None)
 
 
 def _zero_gradient_fraction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str) -> float:
@@ -46,9 +64,133 @@ def _zero_gradient_fraction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     return float((grad.flatten(1).abs().sum(1) == 0).float().mean())
 
 
-def evaluate(
-    predictor: Any, float_twin: nn.Module, attack: Attack | None, data: Any, *, batch_size: int, seed: int, device: str
+def straight_through_twin(float_twin: nn.Module, calib_x: torch.Tensor) -> nn.Module:
+    """The float model with int8 fake-quantized weights and activations (ranges from the calibration split);
+    its fake-quant ops pass gradients straight through (BPDA, Athalye et al. 2018) for attacks on INT8 targets."""
+    import copy
+
+    from torch.nn.utils import parametrize
+
+    from bench.compressions.qat import FakeQuantActivation, FakeQuantWeight, _input_hook, fold_batchnorm
+
+    twin = fold_batchnorm(copy.deepcopy(float_twin).cpu())
+    for layer in [m for m in twin.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]:
+        parametrize.register_parametrization(layer, "weight", FakeQuantWeight())
+        layer.input_fake_quant = FakeQuantActivation(momentum=1.0)  # one calibration pass sets min / max
+        layer.register_forward_pre_hook(_input_hook)
+    twin.train()
+    with torch.no_grad():
+        twin(calib_x)
+    return twin.eval()
+
+
+def _sources(
+    attack_name: str,
+    needs_gradients: bool,
+    predictor: Any,
+    float_twin: nn.Module,
+    lowering: Any,
+    calib_x: torch.Tensor,
+    device: str,
+) -> tuple[str, list[tuple[str, Any]]]:
+    """(threat model, [(surrogate name, model to craft on)]) for one attack on one deployed predictor."""
+    if not needs_gradients:
+        return "black-box", [("deployed predictor (queries only)", predictor)]
+    if predictor.module is not None:
+        return "white-box", [("deployed model", _frozen(predictor.module, device))]
+    sources = [("float eager twin", _frozen(float_twin, device))]
+    if lowering is not None and getattr(lowering, "kind", None) == "int8":
+        sources.append(
+            ("straight-through fake-quant twin", _frozen(straight_through_twin(float_twin, calib_x), device))
+        )
+    return "transfer", sources
+
+
+def _attack(
+    name: str,
+    attack: Attack,
+    needs_gradients: bool,
+    predictor: Any,
+    float_twin: nn.Module,
+    lowering: Any,
+    data: Any,
+    clean_correct: torch.Tensor,
+    batch_size: int,
+    seed: int,
+    device: str,
 ) -> dict[str, Any]:
+    """One attack with its threat model; per-sample robust flags are the worst over its surrogates."""
+    x, y = data.x_eval, data.y_eval
+    threat, sources = _sources(name, needs_gradients, predictor, float_twin, lowering, data.x_calib, device)
+    robust = clean_correct.clone()
+    checks: dict[str, dict[str, Any]] = {}
+    queries = None
+    start = time.perf_counter()
+    for surrogate, source in sources:
+        idx = robust.nonzero().flatten()  # only samples still unbroken are attacked again
+        if len(idx) == 0:
+            break
+        x_adv = x.clone()
+        x_adv[idx], q = _craft(attack, source, x[idx], y[idx], batch_size, seed, device)
+        robust &= predict(predictor, x_adv, batch_size).argmax(1) == y
+        if q is not None:
+            queries = q
+        delta = (x_adv - x).flatten(1)
+        dist = delta.abs().max(1).values if attack.norm == "Linf" else delta.norm(dim=1)
+        worst = float(dist.max()) if len(dist) else 0.0
+        checks[f"{name}: eps-ball ({surrogate})"] = {
+            "ok": worst <= attack.eps + 1e-5,
+            "detail": f"max {attack.norm} distance {worst:.5f}, eps {attack.eps:.5f}",
+        }
+        checks[f"{name}: pixel range ({surrogate})"] = {
+            "ok": bool(x_adv.min() >= 0 and x_adv.max() <= 1),
+            "detail": f"x_adv in [{float(x_adv.min()):.3f}, {float(x_adv.max()):.3f}]",
+        }
+        if threat == "white-box" and len(idx):
+            zero = _zero_gradient_fraction(source, x[idx], y[idx], device)
+            checks[f"{name}: non-zero input gradients"] = {
+                "ok": zero < 0.5,
+                "detail": f"{zero:.1%} of attacked samples have an all-zero input gradient",
+            }
+    if attack.eps == 0:
+        checks[f"{name}: eps = 0 gives clean accuracy"] = {
+            "ok": bool(torch.equal(robust, clean_correct)),
+            "detail": f"robust {_rate(robust):.4f}, clean {_rate(clean_correct):.4f}",
+        }
+    return {
+        "robust_correct": robust,
+        "threat_model": threat,
+        "surrogate": " + ".join(s for s, _ in sources) if threat == "transfer" else None,
+        "seconds": time.perf_counter() - start,
+        "queries": queries,
+        "checks": checks,
+        "eps": attack.eps,
+        "norm": attack.norm,
+    }
+
+
+def _needs_gradients(attack: Attack) -> bool:
+    """The registered capability of the attack's class (query attacks declare needs_gradients=False)."""
+    from bench.attacks import ATTACKS
+
+    entry = next((e for e in ATTACKS if e.obj is type(attack)), None)
+    return True if entry is None else entry.capabilities.get("needs_gradients", True)
+
+
+def evaluate(
+    predictor: Any,
+    float_twin: nn.Module,
+    attack: Attack | None,
+    data: Any,
+    *,
+    batch_size: int,
+    seed: int,
+    device: str,
+    lowering: Any = None,
+    attack_name: str = "attack",
+) -> dict[str, Any]:
+    from bench.attacks.worst_case import WorstCase
+
     x, y = data.x_eval, data.y_eval
     start = time.perf_counter()
     logits = predict(predictor, x, batch_size)
@@ -74,40 +216,53 @@ def evaluate(
     if attack is None:
         return result | {"per_sample": per_sample}
 
-    white_box = predictor.module is not None
-    source = predictor.module if white_box else float_twin
-    idx = clean_correct.nonzero().flatten()
-    start = time.perf_counter()
-    x_adv = x.clone()
-    x_adv[idx] = _craft(attack, source, x[idx], y[idx], batch_size, seed, device)
-    adv_correct = predict(predictor, x_adv, batch_size).argmax(1) == y
-    attack_s = time.perf_counter() - start
-    robust_correct = clean_correct & adv_correct
-    delta = (x_adv - x).abs().flatten(1).max(1).values if len(x) else torch.zeros(0)
-    max_delta = float(delta.max()) if len(delta) else 0.0
-    checks = result["checks"] | {
-        "eps_ball": {
-            "ok": max_delta <= attack.eps + 1e-6,
-            "detail": f"max |x_adv - x| {max_delta:.5f}, eps {attack.eps:.5f}",
-        },
-        "pixel_range": {
-            "ok": bool(x_adv.min() >= 0 and x_adv.max() <= 1),
-            "detail": f"x_adv in [{float(x_adv.min()):.3f}, {float(x_adv.max()):.3f}]",
-        },
+    members = attack.members if isinstance(attack, WorstCase) else [(attack_name, attack)]
+    outcomes = {
+        name: _attack(
+            name,
+            member,
+            _needs_gradients(member),
+            predictor,
+            float_twin,
+            lowering,
+            data,
+            clean_correct,
+            batch_size,
+            seed,
+            device,
+        )
+        for name, member in members
     }
-    if white_box:
-        zero = _zero_gradient_fraction(source, x[idx], y[idx], device) if len(idx) else 0.0
-        checks["nonzero_gradients"] = {"ok": zero < 0.5, "detail": f"{zero:.1%} of samples have a zero input gradient"}
+    robust = clean_correct.clone()
+    for outcome in outcomes.values():
+        robust &= outcome["robust_correct"]
+    threats = sorted({o["threat_model"] for o in outcomes.values()})
+    queries = next((o["queries"] for o in outcomes.values() if o["queries"] is not None), None)
     n_correct = int(clean_correct.sum())
     result.update(
-        robust_accuracy=_rate(robust_correct),
-        threat_model="white-box" if white_box else "transfer",
-        surrogate=None if white_box else "float eager twin",
-        attack_s=attack_s,
-        attack_success_rate=float(1 - robust_correct.sum() / n_correct) if n_correct else None,
+        robust_accuracy=_rate(robust),
+        threat_model=threats[0] if len(threats) == 1 else "worst of " + ", ".join(threats),
+        surrogate="; ".join(o["surrogate"] for o in outcomes.values() if o["surrogate"]) or None,
+        attack_s=sum(o["seconds"] for o in outcomes.values()),
+        attack_success_rate=1 - int(robust.sum()) / n_correct if n_correct else None,
         eps=attack.eps,
         norm=attack.norm,
-        checks=checks,
+        checks=result["checks"] | {k: v for o in outcomes.values() for k, v in o["checks"].items()},
     )
-    per_sample["robust_correct"] = robust_correct
+    if len(outcomes) > 1:
+        result["components"] = {
+            name: {
+                "robust_accuracy": _rate(o["robust_correct"]),
+                "threat_model": o["threat_model"],
+                "seconds": o["seconds"],
+            }
+            for name, o in outcomes.items()
+        }
+    if queries is not None:
+        attacked = queries[queries > 0]
+        result["queries"] = {
+            "mean": float(attacked.float().mean()) if len(attacked) else 0.0,
+            "max": int(queries.max()) if len(queries) else 0,
+        }
+    per_sample["robust_correct"] = robust
     return result | {"per_sample": per_sample}

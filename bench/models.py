@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +120,8 @@ def _user_function_entry(name: str) -> Entry | None:
     if ":" not in name:
         return None
     module_name, _, fn_name = name.partition(":")
+    if os.getcwd() not in sys.path:  # as `python -m` and uvicorn do: the user's own modules import from here
+        sys.path.append(os.getcwd())
     try:
         fn = getattr(importlib.import_module(module_name), fn_name)
     except (ImportError, AttributeError) as exc:

@@ -261,6 +261,8 @@ class Pipeline:
                 batch_size=self.suite.evaluation.batch_size,
                 seed=self.suite.seed,
                 device=self.device,
+                lowering=compressed.value.lowering,
+                attack_name=cell.attack.name,
             )
             torch.save(outcome.pop("per_sample"), staging / "per_sample.pt")
             return outcome

@@ -23,6 +23,7 @@ from bench.cache import StageCache
 from bench.checks import budget_verdict, compression_checks
 from bench.env import environment
 from bench.errors import BenchInputError
+from bench.invariants import run_invariants
 from bench.matrix import Cell, build_cells, select_shard
 from bench.pipeline import Pipeline, is_baseline
 from bench.suite import AXES, Suite
@@ -91,6 +92,10 @@ def cell_record(cell: Cell, pipeline: Pipeline) -> dict[str, Any]:
             "eval_s": ev["eval_s"],
         },
         "attack_success_rate": ev.get("attack_success_rate"),
+        "eps": ev.get("eps"),
+        "norm": ev.get("norm"),
+        "components": ev.get("components"),  # worst_case: each member's robust accuracy and threat model
+        "queries": ev.get("queries"),  # query attacks: queries per attacked sample
         "agreement": ev["agreement"],
         "checks": ev["checks"]
         | compression_checks(compressed.meta["steps"], compressed.meta.get("lowering"), export_meta),
@@ -225,7 +230,7 @@ def run_suite(
         bar.close()
     records = jsonl.read(cells_path)
     counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed")}
-    run_meta.update(status="complete", finished_at=_now(), counts=counts)
+    run_meta.update(status="complete", finished_at=_now(), counts=counts, invariants=run_invariants(records))
     jsonl.write_json_atomic(run_dir / RUN_FILE, run_meta)
     return run_meta
 

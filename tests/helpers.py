@@ -55,3 +55,31 @@ def broken_net(num_classes: int, in_shape: tuple[int, int, int]) -> nn.Module:
             raise RuntimeError("this model is broken on purpose")
 
     return Broken()
+
+
+class _Round(torch.autograd.Function):
+    """Rounding with a zero gradient: the classic obfuscated-gradient defence (Athalye et al. 2018)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x * 4) / 4
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.zeros_like(grad)
+
+
+class RoundedInput(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Round.apply(x)
+
+
+def rounded_net(num_classes: int, in_shape: tuple[int, int, int]) -> nn.Module:
+    """A gradient-masked model: its input passes through a rounding step, so input gradients are zero."""
+    return nn.Sequential(
+        RoundedInput(),
+        nn.Flatten(),
+        nn.Linear(int(torch.tensor(in_shape).prod()), 64),
+        nn.ReLU(),
+        nn.Linear(64, num_classes),
+    )

@@ -132,4 +132,4 @@ class NoAttack(Attack):
         return x
 
 
-from bench.attacks import apgd, fgsm, pgd, square  # noqa: E402, F401
+from bench.attacks import apgd, fgsm, pgd, square, worst_case  # noqa: E402, F401

@@ -11,4 +11,4 @@ from bench.registry import Registry
 
 RECIPES: Registry = Registry("recipe")
 
-from bench.recipes import adversarial, standard  # noqa: E402, F401
+from bench.recipes import adversarial, distributed, standard  # noqa: E402, F401
