@@ -117,6 +117,13 @@ def test_load_suite_raises_typed_error(tmp_path):
 
 
 def test_shipped_suites_are_valid():
-    for name in ("smoke", "default"):
-        suite = load_suite(f"suites/{name}.yaml")
-        assert suite.name == name
+    from pathlib import Path
+
+    from bench.matrix import build_cells
+
+    paths = sorted(Path("suites").glob("*.yaml"))
+    assert {p.stem for p in paths} >= {"smoke", "default", "compression", "robustness", "training"}
+    for path in paths:
+        suite = load_suite(path)
+        assert suite.name == path.stem
+        assert build_cells(suite)

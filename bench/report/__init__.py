@@ -23,6 +23,7 @@ CHARTS = [
     ("accuracy-latency", charts.accuracy_latency, "no ok cell has both an accuracy and a batch-1 latency"),
     ("size-accuracy", charts.size_accuracy, "no ok cell has both a model size and a clean accuracy"),
     ("cost-latency", charts.cost_latency, "no ok cell has both training/compression costs and a batch-1 latency"),
+    ("eps-curves", charts.eps_curves, "no attack was run at more than one eps"),
 ]
 
 
@@ -79,6 +80,7 @@ def render_report(run_dirs: list[Path], out: Path, baseline: Path | None = None)
         charts=_charts(runs, tags),
         any_ok=bool(ok_cells(runs)),
         checks=tables.failed_checks(runs, tags),
+        invariants=tables.run_invariants(runs, tags),
         multi_run=len(runs) > 1,
         comparison=comparison,
         plotly_js=Markup(get_plotlyjs()),

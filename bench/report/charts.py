@@ -156,3 +156,34 @@ def cost_latency(points: list[Point]) -> go.Figure | None:
         yaxis=dict(type="log", title="p50 latency at batch 1 (ms)"),
     )
     return fig
+
+
+def eps_curves(points: list[Point]) -> go.Figure | None:
+    """Robust accuracy against eps, one line per (artifact, attack with its other parameters): the eps sweep."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for tag, cell in points:
+        attack = cell.get("attack") if isinstance(cell.get("attack"), dict) else {}
+        eps, robust = num(attack.get("eps")), _robust(cell)
+        if eps is None or robust is None:
+            continue
+        rest = ", ".join(f"{k}={v}" for k, v in attack.items() if k not in ("name", "eps", "alpha"))
+        name = _tagged(tag, f"{config_key(cell)} · {attack.get('name')}" + (f" ({rest})" if rest else ""))
+        curves.setdefault(name, []).append((eps, robust))
+    curves = {name: sorted(pts) for name, pts in curves.items() if len({e for e, _ in pts}) > 1}
+    if not curves:
+        return None
+    fig = go.Figure(layout=LAYOUT)
+    for name, pts in sorted(curves.items()):
+        fig.add_scatter(
+            x=[e for e, _ in pts],
+            y=[r for _, r in pts],
+            mode="lines+markers",
+            name=name,
+            hovertemplate="eps %{x:.4g}<br>robust %{y:.1%}<extra>%{fullData.name}</extra>",
+        )
+    fig.update_layout(
+        title="Robust accuracy vs eps (it must not rise with eps)",
+        xaxis=dict(title="eps (pixel space)"),
+        yaxis=dict(tickformat=".0%", range=[0, 1]),
+    )
+    return fig

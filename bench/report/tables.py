@@ -73,7 +73,8 @@ def matrix(runs: list[Run], tags: list[str]) -> tuple[list[str], list[Row]]:
     """Header and rows of the results matrix; a "run" column is added when there are several runs."""
     headers = ["run"] if len(runs) > 1 else []
     headers += ["cell", "status", "clean acc", "robust acc", "threat model", "p50 b1 (ms)", "p50 max batch (ms)"]
-    headers += ["throughput (/s)", "peak mem (MB)", "size", "params", "MACs", "cost (s)", "reason / error"]
+    headers += ["throughput (/s)", "peak mem (MB)", "size", "params", "MACs", "cost (s)", "budget"]
+    headers += ["reason / error"]
     rows = []
     for run, tag in zip(runs, tags, strict=True):
         for cell in run.cells:
@@ -97,11 +98,49 @@ def matrix(runs: list[Run], tags: list[str]) -> tuple[list[str], list[Row]]:
                 td(compact(params), params, "num"),
                 td(compact(macs), macs, "num"),
                 td(None if total is None else f"{total:.1f}", total, "num"),
+                _budget_td(cell),
             ]
             error = cell.get("error")
             note = last_line(error) if error else str(cell.get("reason") or "")
             rows.append({"status": status, "tds": tds, "note": note, "detail": str(error) if error else ""})
     return headers, rows
+
+
+def _budget_td(cell: dict[str, Any]) -> Td:
+    """Within the accuracy budget of the uncompressed baseline (clean and robust), as MLPerf's 99% rule."""
+    budget = cell.get("budget")
+    if not isinstance(budget, dict) or "within_budget" not in budget:
+        return td(None)
+    ok = bool(budget["within_budget"])
+    lost = [
+        m.split("_")[0]
+        for m in ("clean_accuracy", "robust_accuracy")
+        if isinstance(budget.get(m), dict) and not budget[m].get("kept")
+    ]
+    text = "kept" if ok else "lost: " + ", ".join(lost)
+    return td(
+        text,
+        int(ok),
+        "status ok" if ok else "status failed",
+        title=f"at least {num(budget.get('ratio')) or 0:.0%} of the uncompressed eager baseline",
+    )
+
+
+def run_invariants(runs: list[Run], tags: list[str]) -> list[dict[str, str]]:
+    """Run-level robustness invariants that failed (eps monotonicity, PGD vs FGSM, gradient masking)."""
+    out = []
+    for run, tag in zip(runs, tags, strict=True):
+        invariants = run.meta.get("invariants") if isinstance(run.meta.get("invariants"), dict) else {}
+        for v in invariants.get("violations") or []:
+            out.append(
+                {
+                    "run": tag,
+                    "check": str(v.get("check")),
+                    "artifact": str(v.get("artifact")),
+                    "detail": str(v.get("detail")),
+                }
+            )
+    return out
 
 
 def environment(runs: list[Run]) -> list[tuple[str, list[str]]]:
