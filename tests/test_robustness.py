@@ -78,6 +78,7 @@ def test_gradient_masked_model_is_flagged(run):
     assert records["simple_cnn/standard/none/eager/pgd-0.1"]["checks"]["pgd: non-zero input gradients"]["ok"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_robust_accuracy_on_a_fresh_run(run, tmp_path, capsys):
     _, suite, records = run
     code, _, _ = run_cli(

@@ -1,8 +1,9 @@
 """The training-recipe axis: how the base model of each (model, dataset, seed) is trained.
 
-A recipe is `train(model, data, cfg, ctx) -> TrainResult`; the trained model is cached by a key of everything that
-changes it (model, recipe config, data fingerprint, seed), so every compression, runtime and attack cell of that
-model reuses one training.
+A recipe is `train(model, data, cfg, *, seed, device) -> TrainCost` that trains `model` in place; the trained model
+is cached by a key of everything that changes it (model, recipe config, data fingerprint, seed), so every
+compression, runtime and attack cell of that model reuses one training. `ddp` and `fedavg` launch their worker
+processes through torchrun themselves and load the result back into `model`.
 """
 
 from __future__ import annotations
@@ -11,4 +12,4 @@ from bench.registry import Registry
 
 RECIPES: Registry = Registry("recipe")
 
-from bench.recipes import adversarial, distributed, standard  # noqa: E402, F401
+from bench.recipes import adversarial, distributed, federated, standard  # noqa: E402, F401

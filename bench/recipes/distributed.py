@@ -226,7 +226,7 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         shape = [1, channels] + [1] * (input.dim() - 2)
         count = torch.tensor([input.numel() / max(1, channels)], dtype=input.dtype, device=input.device)
         sums = _AllReduceSum.apply(torch.cat([input.sum(dims), count]), group)
-        total = float(sums[channels])
+        total = float(sums[channels].detach())
         if total < 2:
             raise ValueError(f"Expected more than 1 value per channel when training, got {total:g} over all ranks")
         mean = sums[:channels] / total

@@ -1,0 +1,378 @@
+r"""`fedavg`: Federated Averaging (McMahan et al., "Communication-Efficient Learning of Deep Networks from
+Decentralized Data", AISTATS 2017, arXiv:1602.05629).
+
+Each round every client starts from the global model, runs a registered recipe (`local_recipe`: `standard`,
+`pgd_at`, `fgsm_augment`, ...) for `local_epochs` on its own shard with fedavg's optimiser settings (a fresh
+optimiser each round), and sends its update (local minus global weights, every state_dict entry, BatchNorm
+statistics included). The server adds the average of the updates weighted by the clients' sample counts. With one
+local full-batch step per round this is FedSGD, which is centralised full-batch gradient descent for any number of
+clients (the weighted average of the shards' mean gradients is the mean gradient of the union).
+
+Splits of the train set: `iid`, a seeded random partition into near-equal shards; `dirichlet`, the label-skew
+construction of Hsu et al. 2019 (arXiv:1909.06335) and Yurochkin et al. 2019: for each class, the shares of the
+clients are drawn from Dir(alpha), seeded; draws that leave a client with fewer than min(10, N / clients) samples
+are redrawn (up to 100 times). Small alpha gives clients few, dominant classes.
+
+Update compression (uplink; the downlink, the dense global model, is counted as received): `topk` keeps the
+`topk_ratio` largest-magnitude entries of each tensor (float32 values + int32 indices), `int8` quantises each
+tensor symmetrically (int8 values + one float32 scale). No error feedback: what compression drops is lost.
+
+Modes: `simulate` runs the clients in turn in this process; `torchrun` runs them on `processes` torch.distributed
+ranks (gloo; default one per client, rank r runs clients r, r + P, ...) and sums the weighted updates with
+all_reduce. Each client's training is seeded by (seed, round, client) alone, so both modes give the same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from bench.config import check_range, config_fields, parse_config
+from bench.datasets import DataSplits
+from bench.errors import ConfigError, UnknownNameError
+from bench.recipes import RECIPES
+from bench.recipes.distributed import init_process_group, torchrun
+from bench.training import TrainCost
+
+OPTIM_FIELDS = ("batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule")
+NOT_LOCAL = ("fedavg", "ddp")  # recipes that cannot be a client's local step
+DIRICHLET_TRIES = 100
+INDEX_BYTES = 4  # a top-k index is sent as int32
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # sum over ranks (identity when simulating)
+
+# --- config --------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FedAvgConfig:
+    """Federation, split, local step, uplink compression and the clients' optimiser."""
+
+    clients: int = 4
+    rounds: int = 5
+    local_epochs: int = 1  # epochs of the local recipe on the client's shard per round
+    split: Literal["iid", "dirichlet"] = "iid"
+    dirichlet_alpha: float = 0.5  # concentration of the per-class Dir(alpha) over clients; smaller: more skew
+    local_recipe: str = "standard"  # any registered recipe but fedavg / ddp
+    local_params: dict[str, Any] = dataclasses.field(default_factory=dict)  # its own parameters, e.g. {eps: 0.1}
+    update_compression: Literal["none", "topk", "int8"] = "none"
+    topk_ratio: float = 0.1  # fraction of each tensor's entries top-k sends
+    mode: Literal["simulate", "torchrun"] = "simulate"
+    processes: int | None = None  # torchrun ranks; None: one per client (ignored when simulating)
+    timeout_s: float | None = None  # wall-clock limit of the torchrun launch; None: no limit
+    # The clients' optimiser, fresh each round (McMahan et al.: plain SGD at a constant rate).
+    batch_size: int = 64
+    lr: float = 0.05
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "constant"] = "constant"  # within each local run
+
+    def __post_init__(self) -> None:
+        check_range("clients", self.clients, lo=1)
+        check_range("rounds", self.rounds, lo=1)
+        check_range("local_epochs", self.local_epochs, lo=1)
+        check_range("dirichlet_alpha", self.dirichlet_alpha, lo=0, lo_open=True)
+        check_range("topk_ratio", self.topk_ratio, lo=0, hi=1, lo_open=True)
+        check_range("processes", self.processes, lo=1, hi=self.clients)
+        check_range("timeout_s", self.timeout_s, lo=0, lo_open=True)
+        check_range("batch_size", self.batch_size, lo=1)
+        check_range("lr", self.lr, lo=0, lo_open=True)
+        check_range("momentum", self.momentum, lo=0, hi=1, hi_open=True)
+        check_range("weight_decay", self.weight_decay, lo=0)
+        self.local_config()  # an unknown recipe or a bad local parameter fails when the suite is parsed
+
+    def local_config(self) -> Any:
+        """The local recipe's config: fedavg's optimiser, `local_epochs` as its epochs, then `local_params`."""
+        if self.local_recipe in NOT_LOCAL:
+            raise ConfigError("local_recipe", f"'{self.local_recipe}' cannot be a client's local step")
+        try:
+            entry = RECIPES.get(self.local_recipe)
+        except UnknownNameError as exc:
+            raise ConfigError("local_recipe", str(exc)) from None
+        clash = sorted(set(self.local_params) & {*OPTIM_FIELDS, "epochs"})
+        if clash:
+            raise ConfigError("local_params", f"set {', '.join(clash)} on fedavg itself (local_epochs for epochs)")
+        fields = config_fields(entry.config_cls)
+        params = {k: getattr(self, k) for k in OPTIM_FIELDS if k in fields}
+        if "epochs" in fields:
+            params["epochs"] = self.local_epochs
+        try:
+            return parse_config(entry.config_cls, {**params, **self.local_params})
+        except ConfigError as exc:
+            field = exc.field if exc.field in params else f"local_params.{exc.field}"
+            raise ConfigError(field, f"local recipe '{self.local_recipe}': {exc}") from None
+
+
+# --- splitting -----------------------------------------------------------------------------------------------------
+
+
+def client_shards(
+    y: torch.Tensor, clients: int, split: str, alpha: float, seed: int, num_classes: int
+) -> list[torch.Tensor]:
+    """Indices of the train samples of each client (sorted); see the module docstring for the two splits."""
+    n = len(y)
+    if split == "iid":
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        return [part.sort().values for part in torch.tensor_split(order, clients)]
+    labels = y.cpu().numpy()
+    rng = np.random.default_rng(seed)
+    min_size = min(10, n // clients)
+    for _ in range(DIRICHLET_TRIES):
+        parts: list[list[np.ndarray]] = [[] for _ in range(clients)]
+        for c in range(num_classes):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            shares = rng.dirichlet(np.full(clients, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
+            for k, chunk in enumerate(np.split(idx, cuts)):
+                parts[k].append(chunk)
+        shards = [np.sort(np.concatenate(p)) for p in parts]
+        if min(len(s) for s in shards) >= min_size:
+            break
+    return [torch.from_numpy(s.astype(np.int64)) for s in shards]
+
+
+def label_histogram(y: torch.Tensor, shards: Sequence[torch.Tensor], num_classes: int) -> list[list[int]]:
+    return [torch.bincount(y[s], minlength=num_classes).tolist() for s in shards]
+
+
+# --- update compression --------------------------------------------------------------------------------------------
+
+
+def compress_update(update: torch.Tensor, method: str, ratio: float) -> tuple[torch.Tensor, int]:
+    """(what the server decodes, bytes on the wire) for one floating-point update tensor."""
+    n, size = update.numel(), update.element_size()
+    if method == "topk" and n > 0:
+        k = max(1, math.ceil(ratio * n))
+        flat = update.flatten()
+        idx = flat.abs().topk(k, sorted=False).indices
+        out = torch.zeros_like(flat)
+        out[idx] = flat[idx]
+        return out.view_as(update), k * (size + INDEX_BYTES)
+    if method == "int8" and n > 0:
+        scale = update.abs().max() / 127
+        if scale == 0:
+            return torch.zeros_like(update), n + 4
+        q = torch.round(update / scale).clamp_(-127, 127).to(torch.int8)
+        return q.to(update.dtype) * scale, n + 4  # int8 values + a float32 scale
+    return update, n * size
+
+
+# --- the rounds (shared by both modes) -----------------------------------------------------------------------------
+
+
+def _client_seed(seed: int, rnd: int, client: int) -> int:
+    return int(np.random.SeedSequence([seed, rnd, client]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def run_rounds(
+    model: nn.Module,
+    data: Any,
+    shards: Sequence[torch.Tensor],
+    cfg: FedAvgConfig,
+    *,
+    seed: int,
+    device: str,
+    my_clients: Sequence[int],
+    reduce: Reduce,
+) -> dict[str, Any]:
+    """Train `model` (the global model, in place) for `cfg.rounds` rounds, running the clients in `my_clients`.
+
+    `reduce` sums a tensor over all ranks (identity in one process); every rank calls it the same number of times.
+    Returns per-client bytes sent / received and samples seen, and the weighted mean local loss of each round.
+    """
+    entry = RECIPES.get(cfg.local_recipe)
+    local_cfg = cfg.local_config()
+    model.to(device)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    dense_bytes = sum(v.numel() * v.element_size() for v in state.values())
+    counts = [len(s) for s in shards]
+    total = sum(counts)
+    sent, received, seen = ([0] * cfg.clients for _ in range(3))
+    round_loss: list[float] = []
+    fork_devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
+    start = time.perf_counter()
+    for rnd in range(cfg.rounds):
+        acc = {k: torch.zeros(v.shape, dtype=v.dtype if v.is_floating_point() else torch.float32, device=device)
+               for k, v in state.items()}  # fmt: skip
+        loss = torch.zeros(1, dtype=torch.float64)
+        for k in my_clients:
+            if counts[k] == 0:
+                continue  # nothing to train on: no update, no weight
+            weight = counts[k] / total
+            shard = dataclasses.replace(data, x_train=data.x_train[shards[k]], y_train=data.y_train[shards[k]])
+            client = copy.deepcopy(model)
+            client_seed = _client_seed(seed, rnd, k)
+            with torch.random.fork_rng(devices=fork_devices):
+                torch.manual_seed(client_seed)  # dropout and the like: the same in either mode
+                cost = entry.obj(client, shard, local_cfg, seed=client_seed, device=device)
+            local = client.state_dict()
+            for key, glob in state.items():
+                delta = local[key].detach() - glob
+                if glob.is_floating_point():
+                    decoded, nbytes = compress_update(delta, cfg.update_compression, cfg.topk_ratio)
+                else:  # integer buffers (BatchNorm's batch counter) travel as they are
+                    decoded, nbytes = delta.to(torch.float32), delta.numel() * delta.element_size()
+                acc[key] += decoded * weight  # rounded product, then the sum: as all_reduce adds ranks
+                sent[k] += nbytes
+            received[k] += dense_bytes
+            seen[k] += cost.samples_seen
+            if math.isfinite(cost.final_loss):
+                loss += weight * cost.final_loss
+        flat = reduce(torch.cat([a.flatten().to(torch.float32) for a in acc.values()]))
+        for (key, glob), part in zip(state.items(), torch.split(flat, [a.numel() for a in acc.values()]), strict=True):
+            step = part.view(glob.shape).to(device)
+            state[key] = glob + step.to(glob.dtype) if glob.is_floating_point() else glob + step.round().to(glob.dtype)
+        model.load_state_dict(state)
+        round_loss.append(float(reduce(loss)))
+    seconds = time.perf_counter() - start
+    stats = reduce(torch.tensor([sent, received, seen], dtype=torch.int64)).tolist()
+    model.eval()
+    return {
+        "bytes_sent": stats[0],
+        "bytes_received": stats[1],
+        "samples_seen": stats[2],
+        "round_loss": round_loss,
+        "dense_update_bytes": dense_bytes,
+        "train_seconds": seconds,
+    }
+
+
+# --- torchrun mode -------------------------------------------------------------------------------------------------
+
+
+def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    out = tensor.detach().cpu().clone()
+    dist.all_reduce(out)
+    return out
+
+
+def fedavg_worker(spec: dict[str, Any]) -> None:
+    """A torchrun rank of `fedavg` (called by `bench.recipes.dist_worker`): the clients rank, rank + P, ..."""
+    rank, world, device = init_process_group(spec)
+    try:
+        cfg = parse_config(FedAvgConfig, spec["config"])
+        model: nn.Module = torch.load(spec["model"], map_location="cpu", weights_only=False)
+        blob = torch.load(spec["data"], map_location="cpu", weights_only=True)
+        x, y = blob["x"], blob["y"]
+        data = DataSplits(
+            name=blob["name"],
+            x_train=x,
+            y_train=y,
+            x_calib=x[:0],
+            y_calib=y[:0],
+            x_eval=x[:0],
+            y_eval=y[:0],
+            num_classes=blob["num_classes"],
+            in_shape=tuple(blob["in_shape"]),
+            mean=tuple(blob["mean"]),
+            std=tuple(blob["std"]),
+        )
+        clients = range(rank, cfg.clients, world)
+        out = run_rounds(
+            model,
+            data,
+            blob["shards"],
+            cfg,
+            seed=spec["seed"],
+            device=str(device),
+            my_clients=clients,
+            reduce=_all_reduce,
+        )
+        if rank == 0:
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, spec["state"])
+            Path(spec["result"]).write_text(json.dumps(out))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _torchrun_rounds(
+    model: nn.Module, data: Any, shards: list[torch.Tensor], cfg: FedAvgConfig, *, seed: int, device: str
+) -> dict[str, Any]:
+    processes = cfg.processes or cfg.clients
+    with tempfile.TemporaryDirectory(prefix="bench-fedavg-") as tmp:
+        work = Path(tmp)
+        spec = {
+            "kind": "fedavg",
+            "config": dataclasses.asdict(cfg),
+            "seed": seed,
+            "device": device,
+            "backend": "gloo",  # the updates are summed on the CPU, whatever device the clients train on
+            "model": str(work / "model.pt"),
+            "data": str(work / "data.pt"),
+            "state": str(work / "state.pt"),
+            "result": str(work / "result.json"),
+        }
+        torch.save(model.cpu(), spec["model"])
+        blob = {
+            "x": data.x_train.cpu(),
+            "y": data.y_train.cpu(),
+            "shards": shards,
+            "name": data.name,
+            "num_classes": data.num_classes,
+            "in_shape": list(data.in_shape),
+            "mean": list(data.mean),
+            "std": list(data.std),
+        }
+        torch.save(blob, spec["data"])
+        torchrun(processes, spec, work, what="fedavg", timeout_s=cfg.timeout_s)
+        model.load_state_dict(torch.load(spec["state"], map_location="cpu", weights_only=True))
+        return json.loads(Path(spec["result"]).read_text())
+
+
+# --- the recipe ----------------------------------------------------------------------------------------------------
+
+
+@RECIPES.register("fedavg", config=FedAvgConfig)
+def fedavg(model: nn.Module, data: Any, cfg: FedAvgConfig, *, seed: int, device: str) -> TrainCost:
+    """Federated Averaging over `clients` shards of the train split (McMahan et al. 2017)."""
+    start = time.perf_counter()
+    shards = client_shards(data.y_train, cfg.clients, cfg.split, cfg.dirichlet_alpha, seed, data.num_classes)
+    if cfg.mode == "simulate":
+        processes = 1
+        out = run_rounds(
+            model, data, shards, cfg, seed=seed, device=device, my_clients=range(cfg.clients), reduce=lambda t: t
+        )
+    else:
+        processes = cfg.processes or cfg.clients
+        out = _torchrun_rounds(model, data, shards, cfg, seed=seed, device=device)
+    model.to(device).eval()
+    seconds = time.perf_counter() - start
+    participations = cfg.rounds * sum(1 for s in shards if len(s) > 0)
+    dense_total = participations * out["dense_update_bytes"]
+    seen = sum(out["samples_seen"])
+    extra = {
+        "mode": cfg.mode,
+        "launcher": "torchrun" if cfg.mode == "torchrun" else "none",
+        "backend": "gloo" if cfg.mode == "torchrun" else None,
+        "processes": processes,
+        "clients": cfg.clients,
+        "rounds": cfg.rounds,
+        "local_recipe": cfg.local_recipe,
+        "split": cfg.split,
+        "client_samples": [len(s) for s in shards],
+        "label_histogram": label_histogram(data.y_train, shards, data.num_classes),
+        "update_compression": cfg.update_compression,
+        "bytes_sent": out["bytes_sent"],  # per client, summed over rounds (uplink: the compressed updates)
+        "bytes_received": out["bytes_received"],  # per client, summed over rounds (downlink: the dense model)
+        "bytes_sent_total": sum(out["bytes_sent"]),
+        "dense_update_bytes": out["dense_update_bytes"],  # one uncompressed update
+        "compression_ratio": sum(out["bytes_sent"]) / dense_total if dense_total else float("nan"),
+        "round_loss": [round(v, 6) for v in out["round_loss"]],  # weighted mean of the clients' last local loss
+        "train_seconds": round(out["train_seconds"], 4),  # the rounds alone (rank 0's, under torchrun)
+    }
+    final = out["round_loss"][-1] if out["round_loss"] else float("nan")
+    return TrainCost(seconds, cfg.rounds * cfg.local_epochs, seen, seen / seconds if seconds > 0 else 0.0, final, extra)
