@@ -103,3 +103,53 @@ def test_latency_bare_inference_mode(benchmark, trained):
             return model(x)
 
     benchmark(run)
+
+
+@pytest.mark.benchmark(group="training")
+def test_training_standard_recipe(benchmark):
+    from bench.recipes.standard import StandardConfig, standard
+
+    data = load_dataset("digits", None, 0)
+
+    def train():
+        torch.manual_seed(0)
+        model = build_model(
+            "simple_cnn",
+            parse_config(MODELS.get("simple_cnn").config_cls, {}),
+            data.num_classes,
+            data.in_shape,
+            data.mean,
+            data.std,
+        )
+        standard(model, data, StandardConfig(epochs=2, batch_size=64, lr=0.05), seed=0, device="cpu")
+
+    benchmark.pedantic(train, rounds=3, warmup_rounds=1)
+
+
+@pytest.mark.benchmark(group="training")
+def test_training_bare_pytorch_loop(benchmark):
+    data = load_dataset("digits", None, 0)
+
+    def train():
+        torch.manual_seed(0)
+        model = build_model(
+            "simple_cnn",
+            parse_config(MODELS.get("simple_cnn").config_cls, {}),
+            data.num_classes,
+            data.in_shape,
+            data.mean,
+            data.std,
+        )
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(2):
+            order = torch.randperm(len(data.x_train), generator=generator)
+            for i in range(0, len(order), 64):
+                idx = order[i : i + 64]
+                loss = torch.nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+    benchmark.pedantic(train, rounds=3, warmup_rounds=1)

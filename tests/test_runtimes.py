@@ -103,3 +103,18 @@ def test_torchscript_and_torch_compile_match_eager(tmp_path, capsys):
     accs = {r["runtime"]["name"]: r["clean_accuracy"] for r in records.values()}
     assert accs["torchscript"] == accs["eager"] == accs["torch_compile"]
     assert all(r["agreement"]["max_abs_logit_diff"] < 1e-4 for r in records.values())
+
+
+@pytest.mark.gpu
+def test_cuda_path_times_with_events_and_records_gpu_memory(tmp_path, capsys):
+    data = copy.deepcopy(TINY_SUITE) | {"device": "cuda", "compressions": ["none", "fp16"], "attacks": ["none"]}
+    code, records = _run(tmp_path, capsys, data)
+    assert code == 0, [r.get("error") for r in records.values()]
+    for record in records.values():
+        assert record["device"] == "cuda"
+        assert record["measurement"]["peak_gpu_mb"] > 0
+    stages = [s for s in jsonl.read(tmp_path / "run" / "stages.jsonl") if s["kind"] == "measure"]
+    meta = json.loads((tmp_path / "cache" / "measure" / stages[0]["key"] / "meta.json").read_text())
+    assert meta["result"]["latency_ms"]["1"]["timer"] == "cuda_events"
+    env = json.loads((tmp_path / "run" / "run.json").read_text())["environment"]
+    assert env["gpu"] and env["cuda"]
