@@ -30,6 +30,15 @@ class OptimConfig:
     weight_decay: float = 5e-4
     schedule: Literal["cosine", "constant"] = "cosine"
 
+    def __post_init__(self) -> None:
+        from bench.config import check_range
+
+        check_range("epochs", self.epochs, lo=0)
+        check_range("batch_size", self.batch_size, lo=1)
+        check_range("lr", self.lr, lo=0, lo_open=True)
+        check_range("momentum", self.momentum, lo=0, hi=1, hi_open=True)
+        check_range("weight_decay", self.weight_decay, lo=0)
+
 
 @dataclasses.dataclass
 class TrainCost:

@@ -83,3 +83,23 @@ def rounded_net(num_classes: int, in_shape: tuple[int, int, int]) -> nn.Module:
         nn.ReLU(),
         nn.Linear(64, num_classes),
     )
+
+
+def train_simple_cnn(epochs: int = 8, width: int = 8, hidden: int = 32, frozen: bool = True):
+    """(model, digits splits): a small CNN trained on digits, the shared subject of attack and compression tests.
+
+    Deterministic for a given seed; `frozen` turns off parameter gradients (attacks need input gradients only).
+    """
+    from bench.config import parse_config
+    from bench.datasets import load_dataset
+    from bench.models import MODELS, build_model
+    from bench.training import OptimConfig, fit
+
+    data = load_dataset("digits", None, 0)
+    torch.manual_seed(0)
+    cfg = parse_config(MODELS.get("simple_cnn").config_cls, {"width": width, "hidden": hidden})
+    model = build_model("simple_cnn", cfg, data.num_classes, data.in_shape, data.mean, data.std)
+    fit(model, data.x_train, data.y_train, OptimConfig(epochs=epochs), seed=0)
+    for p in model.parameters():
+        p.requires_grad_(not frozen)
+    return model.eval(), data

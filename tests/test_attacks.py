@@ -7,32 +7,16 @@ import torch
 
 from bench.attacks.fgsm import FGSM, FGSMConfig
 from bench.attacks.pgd import PGD, PGDConfig
-from bench.config import parse_config
-from bench.datasets import load_dataset
 from bench.evaluate import evaluate
-from bench.models import MODELS, build_model
 from bench.runtimes import Predictor
-from bench.training import OptimConfig, fit
+from tests.helpers import train_simple_cnn
 
 torchattacks = pytest.importorskip("torchattacks")
 
 
 @pytest.fixture(scope="module")
 def trained():
-    data = load_dataset("digits", None, 0)
-    torch.manual_seed(0)
-    model = build_model(
-        "simple_cnn",
-        parse_config(MODELS.get("simple_cnn").config_cls, {"width": 8, "hidden": 32}),
-        data.num_classes,
-        data.in_shape,
-        data.mean,
-        data.std,
-    )
-    fit(model, data.x_train, data.y_train, OptimConfig(epochs=8), seed=0)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval(), data
+    return train_simple_cnn()
 
 
 def _robust(model, x_adv, y, clean_correct):

@@ -12,10 +12,8 @@ from bench.attacks.fgsm import FGSM, FGSMConfig
 from bench.attacks.pgd import PGD, PGDConfig
 from bench.attacks.square import Square, SquareConfig, p_schedule
 from bench.config import parse_config
-from bench.datasets import load_dataset
 from bench.errors import ConfigError
-from bench.models import MODELS, build_model
-from bench.training import OptimConfig, fit
+from tests.helpers import train_simple_cnn
 
 torchattacks = pytest.importorskip("torchattacks")
 
@@ -34,20 +32,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def trained(one_thread):
-    data = load_dataset("digits", None, 0)
-    torch.manual_seed(0)
-    model = build_model(
-        "simple_cnn",
-        parse_config(MODELS.get("simple_cnn").config_cls, {"width": 8, "hidden": 32}),
-        data.num_classes,
-        data.in_shape,
-        data.mean,
-        data.std,
-    )
-    fit(model, data.x_train, data.y_train, OptimConfig(epochs=8), seed=0)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
+    model, data = train_simple_cnn()
     x, y = data.x_eval[:N_EVAL], data.y_eval[:N_EVAL]
     with torch.no_grad():
         clean = model(x).argmax(1) == y

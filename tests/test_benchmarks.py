@@ -15,25 +15,12 @@ from bench.attacks.pgd import PGD, PGDConfig
 from bench.config import parse_config
 from bench.datasets import load_dataset
 from bench.models import MODELS, build_model
-from bench.training import OptimConfig, fit
+from tests.helpers import train_simple_cnn
 
 
 @pytest.fixture(scope="module")
 def trained():
-    data = load_dataset("digits", None, 0)
-    torch.manual_seed(0)
-    model = build_model(
-        "simple_cnn",
-        parse_config(MODELS.get("simple_cnn").config_cls, {}),
-        data.num_classes,
-        data.in_shape,
-        data.mean,
-        data.std,
-    )
-    fit(model, data.x_train, data.y_train, OptimConfig(epochs=5), seed=0)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval(), data
+    return train_simple_cnn(epochs=5, width=32, hidden=128)
 
 
 @pytest.mark.benchmark(group="pgd")

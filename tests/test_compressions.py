@@ -15,9 +15,9 @@ from bench.compressions import COMPRESSIONS, CompressContext, HalfSpec, QuantSpe
 from bench.config import parse_config
 from bench.datasets import load_dataset
 from bench.errors import ConfigError
-from bench.models import MODELS, build_model
 from bench.runtimes import RUNTIMES
-from bench.training import OptimConfig, accuracy, fit
+from bench.training import accuracy
+from tests.helpers import train_simple_cnn
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +27,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def trained(data):
-    torch.manual_seed(0)
-    model = build_model(
-        "simple_cnn",
-        parse_config(MODELS.get("simple_cnn").config_cls, {"width": 8, "hidden": 32}),
-        data.num_classes,
-        data.in_shape,
-        data.mean,
-        data.std,
-    )
-    fit(model, data.x_train, data.y_train, OptimConfig(epochs=8), seed=0)
-    return model.eval()
+    return train_simple_cnn(frozen=False)[0]
 
 
 def apply(name, params, model, data):

@@ -39,15 +39,6 @@ from bench.training import OptimConfig, TrainCost, fit
 # --- configs -------------------------------------------------------------------------------------------------------
 
 
-def _check_optim(cfg: OptimConfig) -> None:
-    """The same optimiser checks as `standard`."""
-    check_range("epochs", cfg.epochs, lo=0)
-    check_range("batch_size", cfg.batch_size, lo=1)
-    check_range("lr", cfg.lr, lo=0, lo_open=True)
-    check_range("momentum", cfg.momentum, lo=0, hi=1, hi_open=True)
-    check_range("weight_decay", cfg.weight_decay, lo=0)
-
-
 @dataclasses.dataclass
 class AdversarialConfig(OptimConfig):
     """Optimiser and schedule plus the training threat model: an Linf ball of radius eps in [0, 1] pixel space."""
@@ -55,7 +46,7 @@ class AdversarialConfig(OptimConfig):
     eps: float = 8 / 255  # the harness's default attack eps, so training and evaluation match out of the box
 
     def __post_init__(self) -> None:
-        _check_optim(self)
+        super().__post_init__()
         check_range("eps", self.eps, lo=0, hi=1)
 
 

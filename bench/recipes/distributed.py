@@ -56,11 +56,7 @@ class DDPConfig(OptimConfig):
     timeout_s: float | None = None  # wall-clock limit of the whole torchrun launch; None: no limit
 
     def __post_init__(self) -> None:
-        check_range("epochs", self.epochs, lo=0)
-        check_range("batch_size", self.batch_size, lo=1)
-        check_range("lr", self.lr, lo=0, lo_open=True)
-        check_range("momentum", self.momentum, lo=0, hi=1, hi_open=True)
-        check_range("weight_decay", self.weight_decay, lo=0)
+        super().__post_init__()
         check_range("world_size", self.world_size, lo=1)
         check_range("timeout_s", self.timeout_s, lo=0, lo_open=True)
         if self.batch_size < self.world_size:

@@ -7,19 +7,13 @@ from typing import Any
 
 from torch import nn
 
-from bench.config import check_range
 from bench.recipes import RECIPES
 from bench.training import OptimConfig, TrainCost, fit
 
 
 @dataclasses.dataclass
 class StandardConfig(OptimConfig):
-    def __post_init__(self) -> None:
-        check_range("epochs", self.epochs, lo=0)
-        check_range("batch_size", self.batch_size, lo=1)
-        check_range("lr", self.lr, lo=0, lo_open=True)
-        check_range("momentum", self.momentum, lo=0, hi=1, hi_open=True)
-        check_range("weight_decay", self.weight_decay, lo=0)
+    """Optimiser and schedule (range checks in OptimConfig)."""
 
 
 @RECIPES.register("standard", config=StandardConfig)
