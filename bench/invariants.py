@@ -4,7 +4,8 @@ AutoAttack's checks), checked at the end of every run and shown in the report:
 - robust accuracy does not rise with eps, nor with more steps or restarts, for the same attack on one artifact;
 - PGD is not weaker than FGSM at the same eps and norm;
 - a query-based attack (Square) does not beat the gradient attacks by more than a small margin: if it does, the
-  gradients are probably masked (obfuscated) and the white-box number overstates robustness.
+  gradients are probably masked (obfuscated) and the white-box number overstates robustness;
+- an unbounded gradient attack (Linf eps >= 0.5, where any image is reachable) leaves no sample robust.
 A tolerance of one sample (1 / n_eval) absorbs ties; the Square margin is 2 points.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 GRADIENT_ATTACKS = ("fgsm", "pgd", "apgd")
 QUERY_ATTACKS = ("square",)
 MASKING_MARGIN = 0.02
+UNBOUNDED_EPS = 0.5
 
 
 def _artifact(record: dict[str, Any]) -> str:
@@ -60,6 +62,23 @@ def run_invariants(records: list[dict[str, Any]]) -> dict[str, Any]:
                                 [weaker["cell_id"], stronger["cell_id"]],
                             )
                         )
+        for r in cells:
+            attack = r["attack"]
+            if (
+                attack.get("name") in GRADIENT_ATTACKS[1:]
+                and attack.get("norm", "Linf") == "Linf"
+                and (attack.get("eps") or 0) >= UNBOUNDED_EPS
+            ):
+                checked += 1
+                if r["robust_accuracy"] > tol:
+                    violations.append(
+                        _violation(
+                            "unbounded attack leaves robust samples",
+                            artifact,
+                            f"{r['labels']['attack']} (eps {attack['eps']:g}) leaves {r['robust_accuracy']:.3f} robust",
+                            [r["cell_id"]],
+                        )
+                    )
         by_eps: dict[tuple[float, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
         for r in cells:
             if "eps" in r["attack"]:
