@@ -38,6 +38,9 @@ def _start(suite, out, cache):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell that started us in the background may ignore SIGINT, and Python then keeps ignoring it:
+        # restore the default so that the child behaves as under a terminal's Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
