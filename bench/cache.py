@@ -32,7 +32,7 @@ def stage_key(kind: str, config: Any, inputs: list[str]) -> str:
 
 class StageCache:
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # absolute, so records point at artifacts from any working directory
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key

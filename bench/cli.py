@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--latency-threshold", type=float, default=0.10, help="relative p50 slowdown (0.10: 10%%)")
     cmp_.add_argument("--accuracy-threshold", type=float, default=0.01, help="absolute accuracy drop (0.01)")
 
+    chk = sub.add_parser("crosscheck", help="re-measure a run's artifacts with bare loops, side by side")
+    chk.add_argument("run_dir", type=Path)
+    chk.add_argument("--batch", default=None, help="batch size (default: the largest measured)")
+    chk.add_argument("--seconds", type=float, default=2.0, help="time per artifact for the bare loop")
+
     sub.add_parser("env", help="print the environment fingerprint")
     return parser
 
@@ -138,6 +143,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 1 if any(r["regression"] for r in rows) else 0
 
 
+def _cmd_crosscheck(args: argparse.Namespace) -> int:
+    from bench.measure.crosscheck import crosscheck, format_rows
+    from bench.results import load_run
+
+    run = load_run(args.run_dir)
+    batches = sorted({b for r in run.records for b in (r.get("latency_ms") or {})}, key=int)
+    if not batches:
+        raise BenchInputError("no cell of this run has a latency to compare", file=str(args.run_dir))
+    batch = str(args.batch) if args.batch else batches[-1]
+    if batch not in batches:
+        raise BenchInputError(f"no latency at batch {batch}; measured: {', '.join(batches)}", field="--batch")
+    print(format_rows(crosscheck(run.records, run.cache_dir, batch, args.seconds), batch))
+    return 0
+
+
 def _cmd_env(args: argparse.Namespace) -> int:
     from bench.env import environment
 
@@ -150,6 +170,7 @@ COMMANDS: dict[str, Any] = {
     "list": _cmd_list,
     "report": _cmd_report,
     "compare": _cmd_compare,
+    "crosscheck": _cmd_crosscheck,
     "env": _cmd_env,
 }
 
