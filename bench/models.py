@@ -34,6 +34,11 @@ class ModelConfig:
     checkpoint: str | None = None
     normalize: bool = True
 
+    def __post_init__(self) -> None:
+        # checked when the suite is loaded: a missing file is the user's mistake (exit 2), not a failed cell
+        if self.checkpoint and not Path(self.checkpoint).is_file():
+            raise ConfigError("checkpoint", f"file not found: {self.checkpoint}")
+
 
 @dataclasses.dataclass
 class ExternalModelConfig(ModelConfig):

@@ -115,9 +115,14 @@ class Pipeline:
 
     # -- data -------------------------------------------------------------------------------------------------
 
+    def load_datasets(self, choices: list[Choice]) -> None:
+        """Load each dataset once per run (raises BenchInputError for missing files before any cell runs)."""
+        for choice in choices:
+            if choice.label not in self._splits:
+                self._splits[choice.label] = load_dataset(choice.name, choice.config, self.suite.seed)
+
     def data(self, choice: Choice) -> StageResult:
-        if choice.label not in self._splits:  # load once per run; the fingerprint keys every later stage
-            self._splits[choice.label] = load_dataset(choice.name, choice.config, self.suite.seed)
+        self.load_datasets([choice])  # the fingerprint of the loaded splits keys every later stage
         splits = self._splits[choice.label]
         config = {"dataset": choice.record(), "seed": self.suite.seed, "fingerprint": splits.fingerprint()}
 

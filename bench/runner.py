@@ -167,15 +167,21 @@ def run_suite(
         raise BenchInputError(
             f"{run_dir} already holds a run; pass --resume to finish it or choose another --out", field="--out"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    jsonl.repair(cells_path)  # a run killed mid-write leaves a torn last line
-    jsonl.repair(run_dir / STAGES_FILE)
-    done = {r["cell_id"] for r in jsonl.read(cells_path)}
-
     threads = suite.measurement.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)  # pinned for training, evaluation and measurement alike; recorded below
     env = environment()
     cells = select_shard(build_cells(suite, device), shard)
+    pipeline = Pipeline(suite, StageCache(cache_dir), run_dir / STAGES_FILE, device, threads, env)
+    # Data first: missing dataset files are the user's mistake (exit 2), found before anything is written.
+    try:
+        pipeline.load_datasets([cell.dataset for cell in cells])
+    except BenchInputError as exc:
+        raise BenchInputError(exc.detail, file=exc.file or suite.file, field=exc.field or "dataset") from None
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    jsonl.repair(cells_path)  # a run killed mid-write leaves a torn last line
+    jsonl.repair(run_dir / STAGES_FILE)
+    done = {r["cell_id"] for r in jsonl.read(cells_path)}
     previous = jsonl_read_json(run_dir / RUN_FILE) if resume else {}
     run_meta: dict[str, Any] = {
         "name": suite.name,
@@ -194,7 +200,6 @@ def run_suite(
     }
     jsonl.write_json_atomic(run_dir / RUN_FILE, run_meta)
 
-    pipeline = Pipeline(suite, StageCache(cache_dir), run_dir / STAGES_FILE, device, threads, env)
     todo = [c for c in cells if c.cell_id not in done]
     log.info("%d cells (%d already recorded), run directory %s", len(cells), len(cells) - len(todo), run_dir)
     bar = tqdm(

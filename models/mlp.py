@@ -17,6 +17,7 @@ class MLPConfig(ModelConfig):
     hidden: list[int] = dataclasses.field(default_factory=lambda: [256, 128])
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.hidden:
             raise ConfigError("hidden", "needs at least one layer width")
         for i, width in enumerate(self.hidden):

@@ -53,6 +53,7 @@ class ResNetConfig(ModelConfig):
     width: int = 64  # 64 is the paper's; tests use 8
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_range("width", self.width, lo=1)
 
 

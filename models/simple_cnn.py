@@ -17,6 +17,7 @@ class SimpleCNNConfig(ModelConfig):
     hidden: int = 128
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_range("width", self.width, lo=1)
         check_range("hidden", self.hidden, lo=1)
 

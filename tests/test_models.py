@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.config import parse_config
-from bench.errors import BenchInputError, UnknownNameError
+from bench.errors import ConfigError, UnknownNameError
 from bench.models import MODELS, build_model
 
 
@@ -50,9 +50,16 @@ def test_user_function_with_checkpoint(tmp_path):
     assert torch.equal(model.net[1].weight, net[1].weight)
 
 
-def test_missing_checkpoint_is_a_user_error(tmp_path):
-    with pytest.raises(BenchInputError, match="checkpoint file not found"):
+def test_missing_checkpoint_is_a_user_error(tmp_path, capsys):
+    from tests.helpers import TINY_SUITE, run_cli, write_suite
+
+    with pytest.raises(ConfigError, match="file not found") as info:
         _build("mlp", {"checkpoint": str(tmp_path / "missing.pt")})
+    assert info.value.field == "checkpoint"
+    suite = write_suite(tmp_path / "s.yaml", TINY_SUITE | {"models": [{"name": "mlp", "checkpoint": "nope.pt"}]})
+    code, _, err = run_cli(["run", suite, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and "models[0].checkpoint: file not found: nope.pt" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_model_lists_valid_names():

@@ -127,3 +127,13 @@ def test_shipped_suites_are_valid():
         suite = load_suite(path)
         assert suite.name == path.stem
         assert build_cells(suite)
+
+
+def test_missing_dataset_files_are_a_user_error_and_nothing_is_written(tmp_path, capsys):
+    data = suite_with(dataset={"name": "mnist", "root": str(tmp_path / "nodata")})
+    path = write_suite(tmp_path / "s.yaml", data)
+    code, _, err = run_cli(["run", path, "--out", tmp_path / "run", "--cache", tmp_path / "cache"], capsys)
+    assert code == 2
+    assert err.startswith(f"bench: error: {path}: dataset: mnist: no data under")
+    assert "download: true" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
