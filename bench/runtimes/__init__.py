@@ -45,6 +45,7 @@ class Predictor:
 class Runtime:
     """Base of runtime plugins; a plugin sets the class attributes and writes `export`."""
 
+    name: ClassVar[str]  # the registered name, for messages
     format: ClassVar[str]
     dtypes: ClassVar[dict[str, tuple[str, ...]]]  # device -> dtypes it executes
     differentiable: ClassVar[bool] = False
@@ -58,7 +59,7 @@ class Runtime:
         supported = cls.dtypes.get(device.split(":")[0], ())
         if dtype not in supported:
             have = ", ".join(supported) or "nothing"
-            return f"{cls.__name__} has no {dtype} kernels on {device} (it runs {have} there)"
+            return f"the {cls.name} runtime has no {dtype} kernels on {device} (it runs {have} there)"
         return None
 
     def unavailable(self, device: str) -> str | None:

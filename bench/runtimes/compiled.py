@@ -25,6 +25,7 @@ class CompileConfig:
 class TorchCompile(Runtime):
     """torch.compile with the inductor backend (FP32; FP16 on CUDA)."""
 
+    name = "torch_compile"
     format = "torch"
     dtypes = {"cpu": ("fp32",), "cuda": ("fp32", "fp16")}
     differentiable = True

@@ -62,6 +62,7 @@ def load_torch_artifact(path: Path, fmt: str, device: str) -> nn.Module:
 class Eager(Runtime):
     """PyTorch eager mode; INT8 through FX quantization on CPU (quantized kernels are CPU-only)."""
 
+    name = "eager"
     format = "torch"
     dtypes = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16")}
     differentiable = True

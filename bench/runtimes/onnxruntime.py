@@ -159,6 +159,7 @@ def convert_fp16(fp32: Path, out: Path) -> dict[str, Any]:
 class OnnxRuntime(Runtime):
     """ONNX Runtime, CPU execution provider (CUDA provider with device cuda when installed)."""
 
+    name = "onnxruntime"
     format = "onnx"
     dtypes = {"cpu": ("fp32", "int8", "fp16"), "cuda": ("fp32", "int8", "fp16")}
     differentiable = False

@@ -16,6 +16,7 @@ from bench.runtimes.eager import lower_torch, save_torchscript
 class TorchScript(Runtime):
     """TorchScript (trace); deprecated upstream since PyTorch 2.5 but still a common deployment format."""
 
+    name = "torchscript"
     format = "torchscript"
     dtypes = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16")}
     differentiable = True
