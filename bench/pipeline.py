@@ -149,7 +149,7 @@ class Pipeline:
             model = build_model(
                 cell.model.name, cell.model.config, splits.num_classes, splits.in_shape, splits.mean, splits.std
             )
-            with PeakRSS() as peak:
+            with PeakRSS(include_children=True) as peak:
                 cost = recipe_entry.obj(model, splits, cell.recipe.config, seed=self.suite.seed, device=self.device)
             model = model.cpu().eval()
             torch.save(model, staging / "model.pt")

@@ -113,7 +113,7 @@ def cell_record(cell: Cell, pipeline: Pipeline) -> dict[str, Any]:
             "inference_rss_delta_mb": m["inference_rss_delta_mb"],
             "peak_gpu_mb": m.get("peak_gpu_mb"),
         },
-        "training": trained.meta["cost"],
+        "training": trained.meta["cost"] | {"peak_memory_mb": trained.meta["peak_memory_mb"]},
         "compression_steps": compressed.meta["steps"],
         "lowering": export_meta if compressed.meta.get("lowering") else None,
         "artifact": {

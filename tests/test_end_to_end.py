@@ -78,6 +78,7 @@ def test_records_carry_measured_metrics(smoke_run):
         assert r["model_size_bytes"] == on_disk > 0
         assert r["params"] > 0 and r["macs"] > 0
         assert all(v >= 0 for v in r["costs"].values())
+        assert r["training"]["epochs"] == 8 and r["training"]["peak_memory_mb"] > 10
         if r["attack"]["name"] == "none":
             assert r["robust_accuracy"] is None and r["threat_model"] is None
         else:
