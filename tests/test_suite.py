@@ -137,3 +137,16 @@ def test_missing_dataset_files_are_a_user_error_and_nothing_is_written(tmp_path,
     assert err.startswith(f"bench: error: {path}: dataset: mnist: no data under")
     assert "download: true" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_readme_suite_example_is_valid(tmp_path):
+    import re
+    from pathlib import Path
+
+    from bench.matrix import build_cells
+
+    block = re.search(r"### A suite\n\n```yaml\n(.*?)```", Path("README.md").read_text(), re.S).group(1)
+    cells = build_cells(load_suite(write_suite(tmp_path / "readme.yaml", block)))
+    ids = {c.cell_id for c in cells}
+    assert "resnet18/standard/none/eager/none" in ids  # added by the include rule
+    assert not any(i.startswith("mlp/standard/prune-0.") and "+" not in i for i in ids)  # removed by exclude
