@@ -92,6 +92,13 @@ def test_latency_bare_inference_mode(benchmark, trained):
     benchmark(run)
 
 
+def _fresh_cnn(data):
+    """An untrained simple_cnn with seeded weights: both training benchmarks start from the same model."""
+    torch.manual_seed(0)
+    cfg = parse_config(MODELS.get("simple_cnn").config_cls, {})
+    return build_model("simple_cnn", cfg, data.num_classes, data.in_shape, data.mean, data.std)
+
+
 @pytest.mark.benchmark(group="training")
 def test_training_standard_recipe(benchmark):
     from bench.recipes.standard import StandardConfig, standard
@@ -99,15 +106,7 @@ def test_training_standard_recipe(benchmark):
     data = load_dataset("digits", None, 0)
 
     def train():
-        torch.manual_seed(0)
-        model = build_model(
-            "simple_cnn",
-            parse_config(MODELS.get("simple_cnn").config_cls, {}),
-            data.num_classes,
-            data.in_shape,
-            data.mean,
-            data.std,
-        )
+        model = _fresh_cnn(data)
         standard(model, data, StandardConfig(epochs=2, batch_size=64, lr=0.05), seed=0, device="cpu")
 
     benchmark.pedantic(train, rounds=3, warmup_rounds=1)
@@ -118,15 +117,7 @@ def test_training_bare_pytorch_loop(benchmark):
     data = load_dataset("digits", None, 0)
 
     def train():
-        torch.manual_seed(0)
-        model = build_model(
-            "simple_cnn",
-            parse_config(MODELS.get("simple_cnn").config_cls, {}),
-            data.num_classes,
-            data.in_shape,
-            data.mean,
-            data.std,
-        )
+        model = _fresh_cnn(data)
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
         generator = torch.Generator().manual_seed(0)

@@ -338,15 +338,21 @@ def train_rank(
     return {"train_seconds": seconds, "steps": steps, "final_loss": float(final) if steps else float("nan")}
 
 
+def load_worker_inputs(spec: dict[str, Any], config_cls: type) -> tuple[Any, nn.Module, dict[str, Any]]:
+    """What every torchrun rank reads from the launcher's spec: its config, the model and the data blob."""
+    cfg = parse_config(config_cls, spec["config"])
+    model: nn.Module = torch.load(spec["model"], map_location="cpu", weights_only=False)
+    blob = torch.load(spec["data"], map_location="cpu", weights_only=True)
+    return cfg, model, blob
+
+
 def ddp_worker(spec: dict[str, Any]) -> None:
     """A torchrun rank of `ddp` (called by `bench.recipes.dist_worker`)."""
     from torch.nn.parallel import DistributedDataParallel
 
     rank, world, device = init_process_group(spec)
     try:
-        cfg = parse_config(DDPConfig, spec["config"])
-        model: nn.Module = torch.load(spec["model"], map_location="cpu", weights_only=False)
-        data = torch.load(spec["data"], map_location="cpu", weights_only=True)
+        cfg, model, data = load_worker_inputs(spec, DDPConfig)
         if has_batchnorm(model) and world > 1:
             # A group of its own: the statistics' all_reduce (also in backward) never interleaves with DDP's buckets.
             bn_group = dist.new_group(backend=spec["backend"])

@@ -43,7 +43,7 @@ from bench.config import check_range, config_fields, parse_config
 from bench.datasets import DataSplits
 from bench.errors import ConfigError, UnknownNameError
 from bench.recipes import RECIPES
-from bench.recipes.distributed import init_process_group, torchrun
+from bench.recipes.distributed import init_process_group, load_worker_inputs, torchrun
 from bench.training import TrainCost
 
 OPTIM_FIELDS = ("batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule")
@@ -263,9 +263,7 @@ def fedavg_worker(spec: dict[str, Any]) -> None:
     """A torchrun rank of `fedavg` (called by `bench.recipes.dist_worker`): the clients rank, rank + P, ..."""
     rank, world, device = init_process_group(spec)
     try:
-        cfg = parse_config(FedAvgConfig, spec["config"])
-        model: nn.Module = torch.load(spec["model"], map_location="cpu", weights_only=False)
-        blob = torch.load(spec["data"], map_location="cpu", weights_only=True)
+        cfg, model, blob = load_worker_inputs(spec, FedAvgConfig)
         x, y = blob["x"], blob["y"]
         data = DataSplits(
             name=blob["name"],
