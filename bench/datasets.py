@@ -8,7 +8,6 @@ so the same seed gives the same splits (and the same `fingerprint`) on every mac
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import pickle
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from bench.config import check_range, parse_config
 from bench.errors import BenchInputError, ConfigError
 from bench.registry import Registry
+from bench.types import DataSplits
 
 log = logging.getLogger(__name__)
 
@@ -28,33 +28,6 @@ DATASETS: Registry = Registry("dataset")
 DEFAULT_DATASET = "digits"  # bundled with scikit-learn: runs anywhere, no files, no download
 
 Pool = tuple[torch.Tensor, torch.Tensor]  # (images, labels) of one official set
-
-
-@dataclasses.dataclass
-class DataSplits:
-    """The three splits of one dataset, with what a model needs to know about its inputs."""
-
-    name: str
-    x_train: torch.Tensor  # float32 (N, C, H, W) in [0, 1]
-    y_train: torch.Tensor  # int64 (N,)
-    x_calib: torch.Tensor  # calibration split (INT8 calibration), disjoint from eval
-    y_calib: torch.Tensor
-    x_eval: torch.Tensor
-    y_eval: torch.Tensor
-    num_classes: int
-    in_shape: tuple[int, int, int]  # (C, H, W)
-    mean: tuple[float, ...]  # per-channel mean of x_train
-    std: tuple[float, ...]  # per-channel std of x_train, >= 1e-6
-
-    def fingerprint(self) -> str:
-        """sha256 hex of the name and the six tensors (dtype, shape and bytes), to key caches and records."""
-        digest = hashlib.sha256(self.name.encode())
-        for tensor in (self.x_train, self.y_train, self.x_calib, self.y_calib, self.x_eval, self.y_eval):
-            array = tensor.detach().cpu().contiguous().numpy()
-            # The header keeps e.g. a (2, 3) and a (3, 2) tensor with equal bytes apart.
-            digest.update(f"|{array.dtype.str}{array.shape}|".encode())
-            digest.update(memoryview(array).cast("B"))  # no copy of the data
-        return digest.hexdigest()
 
 
 # --- configs -------------------------------------------------------------------------------------------------------

@@ -9,10 +9,7 @@ any torchvision classification model name and a user's `package.module:function`
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +18,11 @@ from torch import nn
 
 from bench.errors import BenchInputError, ConfigError
 from bench.registry import Entry, Registry
+from bench.userimport import import_object
 
 log = logging.getLogger(__name__)
 
-MODELS: Registry = Registry("model")
+MODELS: Registry = Registry("model", package="bench_models")  # the top-level models/ folder
 
 
 @dataclasses.dataclass
@@ -121,21 +119,15 @@ class _RepeatChannels(nn.Module):
 
 
 def _user_function_entry(name: str) -> Entry | None:
-    """`package.module:function`, a user's own factory with the signature (num_classes, in_shape, **kwargs)."""
+    """`package.module:function`, a user's own factory with the signature (num_classes, in_shape, **kwargs).
+
+    The module comes from the installed packages or from the suite file's directory (bench.userimport).
+    """
     if ":" not in name:
         return None
-    module_name, _, fn_name = name.partition(":")
-    if os.getcwd() not in sys.path:  # as `python -m` and uvicorn do: the user's own modules import from here
-        sys.path.append(os.getcwd())
-    try:
-        fn = getattr(importlib.import_module(module_name), fn_name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError("name", f"cannot import model function '{name}': {exc}") from exc
+    fn = import_object(name)
     return Entry(name, fn, ExternalModelConfig, {"source": "user"}, fn.__doc__ or "")
 
 
 MODELS.add_fallback(_user_function_entry)
 MODELS.add_fallback(_torchvision_entry)
-
-# Registration is an import side effect (as in timm): the definitions register themselves into MODELS.
-import bench_models  # noqa: E402, F401

@@ -41,6 +41,7 @@ from bench.plugins import registry
 from bench.registry import NoConfig
 from bench.runtimes import Exported
 from bench.suite import Choice, Suite
+from bench.userimport import subprocess_env
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ def run_worker(spec: dict[str, Any], threads: int) -> dict[str, Any]:
             [sys.executable, "-m", "bench.measure.worker", str(spec_path), str(out_path)],
             capture_output=True,
             text=True,
-            env=pin_threads_env(threads),
+            env=subprocess_env(pin_threads_env(threads)),  # the worker unpickles user models too
         )
         if proc.returncode != 0:
             raise RuntimeError(f"measurement worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from bench import userimport
 from bench.config import check_range, config_fields, parse_config, to_dict
 from bench.errors import BenchInputError, ConfigError, UnknownNameError
 
@@ -279,7 +280,8 @@ def load_suite(path: str | Path) -> Suite:
     path = Path(path)
     data = _read_yaml(path)
     try:
-        return _parse_suite(data, path)
+        with userimport.search_dir(path.parent):  # a user's `package.module:function` may live beside the suite
+            return _parse_suite(data, path)
     except BenchInputError as exc:
         if exc.file is None:
             raise BenchInputError(exc.detail, file=str(path), field=exc.field) from None

@@ -23,7 +23,7 @@ from torch import nn
 from bench.config import check_range
 from bench.registry import NoConfig, Registry
 
-ATTACKS: Registry = Registry("attack")
+ATTACKS: Registry = Registry("attack", package="bench.attacks")
 
 
 @dataclasses.dataclass
@@ -130,6 +130,3 @@ class NoAttack(Attack):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return x
-
-
-from bench.attacks import apgd, fgsm, pgd, square, worst_case  # noqa: E402, F401

@@ -10,51 +10,18 @@ recorded. Capabilities: `dtype` (what the artifact computes in: fp32 / int8 / fp
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any
 
-import torch
 from torch import nn
 
 from bench.registry import Registry
+from bench.types import CompressContext, HalfSpec, Lowering, QuantSpec, lowering_from_dict
 
-COMPRESSIONS: Registry = Registry("compression")
+# The shared types live in bench.types; re-exported here for plugins and users who import them from this axis.
+__all__ = ["COMPRESSIONS", "CompressContext", "Compressed", "HalfSpec", "Lowering", "QuantSpec", "finetune",
+           "lowering_from_dict"]  # fmt: skip
 
-
-@dataclasses.dataclass
-class QuantSpec:
-    """An INT8 lowering request, realised by the runtime at export with the calibration split."""
-
-    mode: Literal["static", "dynamic"] = "static"
-    per_channel: bool = False
-    activations: Literal["uint8", "int8"] = "uint8"
-    calibration_size: int | None = None
-    kind: str = "int8"
-
-
-@dataclasses.dataclass
-class HalfSpec:
-    """An FP16 lowering request (weights and activations in half precision, inputs and outputs in FP32)."""
-
-    kind: str = "fp16"
-
-
-Lowering = QuantSpec | HalfSpec
-
-
-def lowering_from_dict(data: dict[str, Any] | None) -> Lowering | None:
-    if not data:
-        return None
-    return HalfSpec() if data.get("kind") == "fp16" else QuantSpec(**data)
-
-
-@dataclasses.dataclass
-class CompressContext:
-    """What a compression may use: the data splits (train for fine-tuning, calib for calibration), seed, device."""
-
-    data: Any
-    seed: int
-    device: str
-    example: torch.Tensor  # one input batch of the right shape, in [0, 1]
+COMPRESSIONS: Registry = Registry("compression", package="bench.compressions")
 
 
 @dataclasses.dataclass
@@ -81,6 +48,3 @@ def finetune(model: nn.Module, ctx: CompressContext, epochs: int, lr: float, **l
     )
     model.to("cpu").eval()
     return {"finetune_s": cost.seconds, "finetune_epochs": cost.epochs, "samples_seen": cost.samples_seen}
-
-
-from bench.compressions import fp16, int8, kd, none, prune, prune_unstructured, qat  # noqa: E402, F401

@@ -10,6 +10,4 @@ from __future__ import annotations
 
 from bench.registry import Registry
 
-RECIPES: Registry = Registry("recipe")
-
-from bench.recipes import adversarial, distributed, federated, standard  # noqa: E402, F401
+RECIPES: Registry = Registry("recipe", package="bench.recipes")

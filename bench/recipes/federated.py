@@ -40,11 +40,11 @@ import torch.distributed as dist
 from torch import nn
 
 from bench.config import check_range, config_fields, parse_config
-from bench.datasets import DataSplits
 from bench.errors import ConfigError, UnknownNameError
 from bench.recipes import RECIPES
 from bench.recipes.distributed import init_process_group, load_worker_inputs, torchrun
 from bench.training import TrainCost
+from bench.types import DataSplits
 
 OPTIM_FIELDS = ("batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule")
 NOT_LOCAL = ("fedavg", "ddp")  # recipes that cannot be a client's local step

@@ -18,7 +18,7 @@ from torch import nn
 
 from bench.registry import Registry
 
-RUNTIMES: Registry = Registry("runtime")
+RUNTIMES: Registry = Registry("runtime", package="bench.runtimes")
 
 
 @dataclasses.dataclass
@@ -90,6 +90,3 @@ class Runtime:
         gradients = isinstance(session, TorchSession) and not exported.meta.get("quantized_layers")
         # INT8 kernels and ONNX Runtime give no input gradients: no module is offered for white-box attacks
         return Predictor(run, session.eager_module if gradients and self.differentiable else None)
-
-
-from bench.runtimes import compiled, eager, onnxruntime, torchscript  # noqa: E402, F401

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.compressions import HalfSpec, QuantSpec
 from bench.registry import NoConfig
 from bench.runtimes import RUNTIMES, Exported, Runtime
 from bench.runtimes.torch_int8 import quantize_fx
+from bench.types import HalfSpec, QuantSpec
 
 
 class HalfPrecision(nn.Module):

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.compressions import HalfSpec
 from bench.config import check_range
 from bench.runtimes import RUNTIMES, Exported, Runtime
+from bench.types import HalfSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,112 @@
+"""Importing a user's own code (`package.module:function`) without editing `sys.path`.
+
+A module is taken from the installed packages first; failing that, from the directory of the suite that names it
+(`suite_dir/package/module.py` or `suite_dir/module.py`), loaded by file location and registered in `sys.modules`
+under its own name, so that pickles of the user's model (artifacts, torchrun inputs) refer to it by that name.
+Child processes (the measurement worker, torchrun ranks) unpickle those models too: `subprocess_env` gives them a
+PYTHONPATH holding the directories user code was loaded from. The working directory is never searched: a run
+behaves the same from any directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.errors import ConfigError
+
+# The directory of the suite being parsed: where `package.module` is looked for when it is not installed.
+_search_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar("bench_user_search_dir", default=None)
+# Directories user modules were loaded from, in load order (handed to child processes).
+USER_ROOTS: list[Path] = []
+
+
+@contextlib.contextmanager
+def search_dir(path: str | Path | None) -> Iterator[None]:
+    """Within the block, user modules that are not installed are looked for in `path` (a suite's directory)."""
+    token = _search_dir.set(Path(path).resolve() if path is not None else None)
+    try:
+        yield
+    finally:
+        _search_dir.reset(token)
+
+
+def _load_from_dir(top: str, root: Path) -> bool:
+    """Load the top-level package or module `top` from `root`; False when `root` holds neither."""
+    package, module = root / top / "__init__.py", root / f"{top}.py"
+    if package.is_file():
+        spec = importlib.util.spec_from_file_location(top, package, submodule_search_locations=[str(root / top)])
+    elif module.is_file():
+        spec = importlib.util.spec_from_file_location(top, module)
+    else:
+        return False
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[top] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[top]
+        raise
+    return True
+
+
+def import_module(module_name: str) -> Any:
+    """Import `module_name` from the installed packages, else from the current search directory."""
+    top = module_name.partition(".")[0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != top or top in sys.modules:
+            raise  # the module exists but something it imports is missing: the user must see that name
+    root = _search_dir.get()
+    if root is None or not _load_from_dir(top, root):
+        where = f"the installed packages nor {root}" if root else "the installed packages"
+        raise ModuleNotFoundError(f"no module '{top}' among {where}", name=top)
+    return importlib.import_module(module_name)
+
+
+def _remember_root(module_name: str) -> None:
+    """Note the directory that holds the top-level package of `module_name`, for child processes."""
+    top = sys.modules.get(module_name.partition(".")[0])
+    location = getattr(top, "__file__", None)
+    if location is None:
+        return
+    path = Path(location).resolve()
+    root = path.parent.parent if path.name == "__init__.py" else path.parent
+    if root not in USER_ROOTS:
+        USER_ROOTS.append(root)
+
+
+def import_object(spec: str) -> Any:
+    """`package.module:attribute` -> the attribute; ConfigError('name', ...) saying where it looked if missing."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError("name", f"expected 'package.module:function', got '{spec}'")
+    try:
+        module = import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError("name", f"cannot import '{spec}': {exc}") from exc
+    _remember_root(module_name)
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ConfigError("name", f"cannot import '{spec}': module '{module_name}' has no '{attribute}'") from None
+
+
+def subprocess_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """A copy of `env` (default: this process's) whose PYTHONPATH also reaches the user modules loaded here."""
+    env = dict(os.environ if env is None else env)
+    paths = [str(p) for p in USER_ROOTS]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
