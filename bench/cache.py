@@ -18,7 +18,7 @@ from bench import __version__
 from bench.jsonl import write_json_atomic
 
 # Bump when a stage's output for the same inputs changes (a fix in training, export or measurement).
-STAGE_VERSIONS = {"data": 1, "train": 1, "compress": 1, "export": 1, "measure": 1, "evaluate": 4}
+STAGE_VERSIONS = {"data": 1, "train": 1, "compress": 1, "export": 2, "measure": 1, "evaluate": 4}
 
 
 def stage_key(kind: str, config: Any, inputs: list[str]) -> str:

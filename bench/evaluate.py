@@ -2,13 +2,9 @@
 
 Robust accuracy counts a sample as robust only if it is classified correctly both clean and under attack
 (AutoAttack's convention: only clean-correct samples are attacked, misclassified ones count as broken).
-Adversarial inputs are always *scored on the deployed artifact*. Where they are crafted depends on the target:
-- gradient attacks on a target with input gradients: on the target itself (`white-box`);
-- gradient attacks on a target without them (ONNX Runtime, INT8 kernels): on the float eager twin and, for INT8,
-  also on a straight-through fake-quant twin, keeping the per-sample worst (`transfer`), never a silent
-  fallback to a number that looks white-box;
-- query attacks (Square): on the deployed predictor itself (`black-box`).
-Invariants are checked on every cell and recorded in `checks`.
+Adversarial inputs are crafted where bench.threat_models says (white-box, transfer or black-box, from the kinds
+the attacks declare) and always *scored on the deployed artifact*. Invariants are checked on every cell and
+recorded in `checks`.
 """
 
 from __future__ import annotations
@@ -19,25 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.attacks import Attack
-from bench.training import predict
-
-
-def _rate(flags: torch.Tensor) -> float:
-    """Share of True flags, as an exact ratio of counts (a float32 mean would print 0.925000011920929)."""
-    return int(flags.sum()) / len(flags) if len(flags) else float("nan")
-
-
-def _rate(flags: torch.Tensor) -> float:
-    """Share of True flags, as an exact ratio of counts (a float32 mean would print 0.925000011920929)."""
-    return int(flags.sum()) / len(flags) if len(flags) else float("nan")
-
-
-def _frozen(model: nn.Module, device: str) -> nn.Module:
-    model = model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)  # gradients w.r.t. inputs only: cheaper, and the model stays untouched
-    return model
+from bench.attacks import Attack, input_gradient
+from bench.inference import predict, rate
+from bench.threat_models import AttackMember, attack_members, crafting_sources
+from bench.types import DataSplits, Lowering
 
 
 def _craft(
@@ -58,70 +39,25 @@ def _craft(
 
 def _zero_gradient_fraction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str) -> float:
     """Share of samples whose input gradient is exactly zero (a white-box attack would be blind on them)."""
-    from bench.attacks import input_gradient
-
     grad = input_gradient(model.to(device), x[:256].to(device), y[:256].to(device))
     return float((grad.flatten(1).abs().sum(1) == 0).float().mean())
 
 
-def straight_through_twin(float_twin: nn.Module, calib_x: torch.Tensor) -> nn.Module:
-    """The float model with int8 fake-quantized weights and activations (ranges from the calibration split);
-    its fake-quant ops pass gradients straight through (BPDA, Athalye et al. 2018) for attacks on INT8 targets."""
-    import copy
-
-    from torch.nn.utils import parametrize
-
-    from bench.compressions.qat import FakeQuantActivation, FakeQuantWeight, _input_hook, fold_batchnorm
-
-    twin = fold_batchnorm(copy.deepcopy(float_twin).cpu())
-    for layer in [m for m in twin.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]:
-        parametrize.register_parametrization(layer, "weight", FakeQuantWeight())
-        layer.input_fake_quant = FakeQuantActivation(momentum=1.0)  # one calibration pass sets min / max
-        layer.register_forward_pre_hook(_input_hook)
-    twin.train()
-    with torch.no_grad():
-        twin(calib_x)
-    return twin.eval()
-
-
-def _sources(
-    attack_name: str,
-    needs_gradients: bool,
-    predictor: Any,
-    float_twin: nn.Module,
-    lowering: Any,
-    calib_x: torch.Tensor,
-    device: str,
-) -> tuple[str, list[tuple[str, Any]]]:
-    """(threat model, [(surrogate name, model to craft on)]) for one attack on one deployed predictor."""
-    if not needs_gradients:
-        return "black-box", [("deployed predictor (queries only)", predictor)]
-    if predictor.module is not None:
-        return "white-box", [("deployed model", _frozen(predictor.module, device))]
-    sources = [("float eager twin", _frozen(float_twin, device))]
-    if lowering is not None and getattr(lowering, "kind", None) == "int8":
-        sources.append(
-            ("straight-through fake-quant twin", _frozen(straight_through_twin(float_twin, calib_x), device))
-        )
-    return "transfer", sources
-
-
 def _attack(
-    name: str,
-    attack: Attack,
-    needs_gradients: bool,
+    member: AttackMember,
     predictor: Any,
     float_twin: nn.Module,
-    lowering: Any,
-    data: Any,
+    lowering: Lowering | None,
+    data: DataSplits,
     clean_correct: torch.Tensor,
     batch_size: int,
     seed: int,
     device: str,
 ) -> dict[str, Any]:
     """One attack with its threat model; per-sample robust flags are the worst over its surrogates."""
+    name, attack = member.name, member.attack
     x, y = data.x_eval, data.y_eval
-    threat, sources = _sources(name, needs_gradients, predictor, float_twin, lowering, data.x_calib, device)
+    threat, sources = crafting_sources(member, predictor, float_twin, lowering, data.x_calib, device)
     robust = clean_correct.clone()
     checks: dict[str, dict[str, Any]] = {}
     queries = None
@@ -155,7 +91,7 @@ def _attack(
     if attack.eps == 0:
         checks[f"{name}: eps = 0 gives clean accuracy"] = {
             "ok": bool(torch.equal(robust, clean_correct)),
-            "detail": f"robust {_rate(robust):.4f}, clean {_rate(clean_correct):.4f}",
+            "detail": f"robust {rate(robust):.4f}, clean {rate(clean_correct):.4f}",
         }
     return {
         "robust_correct": robust,
@@ -169,28 +105,19 @@ def _attack(
     }
 
 
-def _needs_gradients(attack: Attack) -> bool:
-    """The registered capability of the attack's class (query attacks declare needs_gradients=False)."""
-    from bench.attacks import ATTACKS
-
-    entry = next((e for e in ATTACKS if e.obj is type(attack)), None)
-    return True if entry is None else entry.capabilities.get("needs_gradients", True)
-
-
 def evaluate(
     predictor: Any,
     float_twin: nn.Module,
     attack: Attack | None,
-    data: Any,
+    data: DataSplits,
     *,
     batch_size: int,
     seed: int,
     device: str,
-    lowering: Any = None,
+    lowering: Lowering | None = None,
     attack_name: str = "attack",
 ) -> dict[str, Any]:
-    from bench.attacks.worst_case import WorstCase
-
+    """Clean accuracy, parity with the float twin, and (with an attack) robust accuracy with its threat model."""
     x, y = data.x_eval, data.y_eval
     start = time.perf_counter()
     logits = predict(predictor, x, batch_size)
@@ -199,11 +126,11 @@ def evaluate(
     twin_logits = predict(lambda b: float_twin.to(device)(b.to(device)), x, batch_size)
     result: dict[str, Any] = {
         "n_eval": len(y),
-        "clean_accuracy": _rate(clean_correct),
+        "clean_accuracy": rate(clean_correct),
         "eval_s": eval_s,
         # agreement of the deployed artifact with the float eager model it came from (parity)
         "agreement": {
-            "top1_agreement": _rate(logits.argmax(1) == twin_logits.argmax(1)),
+            "top1_agreement": rate(logits.argmax(1) == twin_logits.argmax(1)),
             "max_abs_logit_diff": float((logits - twin_logits).abs().max()) if len(y) else 0.0,
         },
         "robust_accuracy": None,
@@ -216,22 +143,9 @@ def evaluate(
     if attack is None:
         return result | {"per_sample": per_sample}
 
-    members = attack.members if isinstance(attack, WorstCase) else [(attack_name, attack)]
     outcomes = {
-        name: _attack(
-            name,
-            member,
-            _needs_gradients(member),
-            predictor,
-            float_twin,
-            lowering,
-            data,
-            clean_correct,
-            batch_size,
-            seed,
-            device,
-        )
-        for name, member in members
+        member.name: _attack(member, predictor, float_twin, lowering, data, clean_correct, batch_size, seed, device)
+        for member in attack_members(attack, attack_name)
     }
     robust = clean_correct.clone()
     for outcome in outcomes.values():
@@ -240,7 +154,7 @@ def evaluate(
     queries = next((o["queries"] for o in outcomes.values() if o["queries"] is not None), None)
     n_correct = int(clean_correct.sum())
     result.update(
-        robust_accuracy=_rate(robust),
+        robust_accuracy=rate(robust),
         threat_model=threats[0] if len(threats) == 1 else "worst of " + ", ".join(threats),
         surrogate="; ".join(o["surrogate"] for o in outcomes.values() if o["surrogate"]) or None,
         attack_s=sum(o["seconds"] for o in outcomes.values()),
@@ -252,7 +166,7 @@ def evaluate(
     if len(outcomes) > 1:
         result["components"] = {
             name: {
-                "robust_accuracy": _rate(o["robust_correct"]),
+                "robust_accuracy": rate(o["robust_correct"]),
                 "threat_model": o["threat_model"],
                 "seconds": o["seconds"],
             }

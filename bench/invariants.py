@@ -2,11 +2,13 @@
 AutoAttack's checks), checked at the end of every run and shown in the report:
 
 - robust accuracy does not rise with eps, nor with more steps or restarts, for the same attack on one artifact;
-- PGD is not weaker than FGSM at the same eps and norm;
+- an iterative gradient attack (PGD, APGD) is not weaker than a single-step one (FGSM) at the same eps and norm;
 - a query-based attack (Square) does not beat the gradient attacks by more than a small margin: if it does, the
   gradients are probably masked (obfuscated) and the white-box number overstates robustness;
-- an unbounded gradient attack (Linf eps >= 0.5, where any image is reachable) leaves no sample robust.
-A tolerance of one sample (1 / n_eval) absorbs ties; the Square margin is 2 points.
+- an unbounded iterative gradient attack (Linf eps >= 0.5, where any image is reachable) leaves no sample robust.
+Which attack is which comes from the `kind` (and `single_step`) each attack declared when it registered, so a new
+attack takes part in these checks without an edit here. A tolerance of one sample (1 / n_eval) absorbs ties; the
+query-attack margin is 2 points.
 """
 
 from __future__ import annotations
@@ -15,10 +17,21 @@ import itertools
 from collections import defaultdict
 from typing import Any
 
-GRADIENT_ATTACKS = ("fgsm", "pgd", "apgd")
-QUERY_ATTACKS = ("square",)
 MASKING_MARGIN = 0.02
 UNBOUNDED_EPS = 0.5
+
+
+def _role(attack_name: str) -> str:
+    """ "iterative" / "single-step" (gradient attacks), "query", or "other", from the attack's declared capabilities."""
+    from bench.plugins import registry
+
+    attacks = registry("attack")
+    if attack_name not in attacks:
+        return "other"  # a run recorded with a plugin that is not installed here
+    caps = attacks.get(attack_name).capabilities
+    if caps.get("kind") == "gradient":
+        return "single-step" if caps.get("single_step") else "iterative"
+    return "query" if caps.get("kind") == "query" else "other"
 
 
 def _artifact(record: dict[str, Any]) -> str:
@@ -30,8 +43,11 @@ def _violation(kind: str, artifact: str, detail: str, cells: list[str]) -> dict[
     return {"check": kind, "artifact": artifact, "detail": detail, "cells": cells, "ok": False}
 
 
-def run_invariants(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """{"checked": number of comparisons, "violations": [...]} over the ok, attacked cells of a run."""
+def run_invariants(records: list[Any]) -> dict[str, Any]:
+    """{"checked": number of comparisons, "violations": [...]} over the ok, attacked cells of a run.
+
+    `records` are cell records as JSON objects (or typed records, which are turned into them)."""
+    records = [r.to_json() if hasattr(r, "to_json") else r for r in records]
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         if r.get("status") == "ok" and r.get("robust_accuracy") is not None:
@@ -65,7 +81,7 @@ def run_invariants(records: list[dict[str, Any]]) -> dict[str, Any]:
         for r in cells:
             attack = r["attack"]
             if (
-                attack.get("name") in GRADIENT_ATTACKS[1:]
+                _role(attack.get("name", "")) == "iterative"
                 and attack.get("norm", "Linf") == "Linf"
                 and (attack.get("eps") or 0) >= UNBOUNDED_EPS
             ):
@@ -82,23 +98,24 @@ def run_invariants(records: list[dict[str, Any]]) -> dict[str, Any]:
         by_eps: dict[tuple[float, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
         for r in cells:
             if "eps" in r["attack"]:
-                by_eps[(r["attack"]["eps"], r["attack"].get("norm", "Linf"))][r["attack"]["name"]].append(r)
-        for (eps, norm), attacks in by_eps.items():
-            for pgd in attacks.get("pgd", []):
-                for fgsm in attacks.get("fgsm", []):
+                by_eps[(r["attack"]["eps"], r["attack"].get("norm", "Linf"))][_role(r["attack"]["name"])].append(r)
+        for (eps, norm), roles in by_eps.items():
+            for iterative in roles.get("iterative", []):
+                for single in roles.get("single-step", []):
                     checked += 1
-                    if pgd["robust_accuracy"] > fgsm["robust_accuracy"] + tol:
+                    if iterative["robust_accuracy"] > single["robust_accuracy"] + tol:
                         violations.append(
                             _violation(
-                                "PGD weaker than FGSM",
+                                "iterative attack weaker than single-step",
                                 artifact,
-                                f"eps {eps:g} {norm}: PGD {pgd['robust_accuracy']:.3f} > "
-                                f"FGSM {fgsm['robust_accuracy']:.3f}",
-                                [pgd["cell_id"], fgsm["cell_id"]],
+                                f"eps {eps:g} {norm}: {iterative['labels']['attack']} "
+                                f"{iterative['robust_accuracy']:.3f} > {single['labels']['attack']} "
+                                f"{single['robust_accuracy']:.3f}",
+                                [iterative["cell_id"], single["cell_id"]],
                             )
                         )
-            gradient = [r for name in GRADIENT_ATTACKS for r in attacks.get(name, [])]
-            for query in [r for name in QUERY_ATTACKS for r in attacks.get(name, [])]:
+            gradient = roles.get("iterative", []) + roles.get("single-step", [])
+            for query in roles.get("query", []):
                 if not gradient:
                     continue
                 checked += 1

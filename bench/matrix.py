@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any
 
+from bench.entries import AXES, RULE_KEYS, Choice
 from bench.errors import BenchInputError
-from bench.suite import AXES, PLURAL, RULE_KEYS, Choice, Suite, parse_entry
+from bench.rules import resolve_include_value, rule_matches
+from bench.suite import Suite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,55 +41,6 @@ class Cell:
         return getattr(self, axis)
 
 
-def _matches(choice: Choice, value: Any) -> bool:
-    if isinstance(value, list):
-        return any(_matches(choice, v) for v in value)
-    if isinstance(value, str):
-        return value in (choice.label, choice.name)
-    if isinstance(value, dict):
-        params = dict(value)
-        name = params.pop("name", None)
-        if name not in (choice.name, choice.label):
-            return False
-        resolved = choice.record()
-        return all(resolved.get(k) == v for k, v in params.items())
-    return False
-
-
-def _rule_matches(rule: dict[str, Any], combo: dict[str, Choice]) -> bool:
-    return all(_matches(combo[axis], value) for axis, value in rule.items())
-
-
-def _resolve_include_value(suite: Suite, axis: str, value: Any, where: str) -> Choice:
-    """The choice an include rule names: an existing entry if one matches, else a new one parsed from it."""
-    existing = [c for c in suite.choices(axis) if _matches(c, value)]
-    if len(existing) == 1:
-        return existing[0]
-    if len(existing) > 1:
-        labels = ", ".join(c.label for c in existing)
-        raise BenchInputError(
-            f"'{value}' matches several {PLURAL.get(axis, 'datasets')} ({labels}); name one label", field=where
-        )
-    parsed = parse_entry(axis, value, where)
-    if len(parsed) != 1:
-        raise BenchInputError("an include rule names one entry per axis (no list values)", field=where)
-    return parsed[0]
-
-
-def check_rules(suite: Suite) -> None:
-    """Reject exclude values that match no entry (a typo would silently exclude nothing) and bad include values."""
-    for i, rule in enumerate(suite.exclude):
-        for axis, value in rule.items():
-            if not any(_matches(c, value) for c in suite.choices(axis)):
-                listed = ", ".join(c.label for c in suite.choices(axis))
-                raise BenchInputError(f"{value!r} matches no {axis}; listed: {listed}", field=f"exclude[{i}].{axis}")
-    for i, rule in enumerate(suite.include):
-        for axis, value in rule.items():
-            if isinstance(value, list):
-                raise BenchInputError("an include rule names one entry per axis", field=f"include[{i}].{axis}")
-            _resolve_include_value(suite, axis, value, f"include[{i}].{axis}")
-
-
 def skip_reason(cell: Cell, device: str) -> str | None:
     """Why this combination cannot run on `device`, from the plugins' declared capabilities (None: it can)."""
     from bench.plugins import registry
@@ -106,10 +58,10 @@ def build_cells(suite: Suite, device: str = "cpu") -> list[Cell]:
         dict(zip(RULE_KEYS, values, strict=True))
         for values in itertools.product(*(suite.choices(a) for a in RULE_KEYS))
     ]
-    combos = [c for c in combos if not any(_rule_matches(rule, c) for rule in suite.exclude)]
+    combos = [c for c in combos if not any(rule_matches(rule, c) for rule in suite.exclude)]
     original = list(combos)
     for i, rule in enumerate(suite.include):
-        if any(_rule_matches(rule, c) for c in original):
+        if any(rule_matches(rule, c) for c in original):
             continue  # GitHub semantics: it only names values these cells already have
         missing = [a for a in AXES if a not in rule]
         if "dataset" not in rule and len(suite.datasets) > 1:
@@ -120,9 +72,9 @@ def build_cells(suite: Suite, device: str = "cpu") -> list[Cell]:
                 file=suite.file,
                 field=f"include[{i}]",
             )
-        combo = {a: _resolve_include_value(suite, a, rule[a], f"include[{i}].{a}") for a in AXES}
+        combo = {a: resolve_include_value(suite.choices, a, rule[a], f"include[{i}].{a}") for a in AXES}
         combo["dataset"] = (
-            _resolve_include_value(suite, "dataset", rule["dataset"], f"include[{i}].dataset")
+            resolve_include_value(suite.choices, "dataset", rule["dataset"], f"include[{i}].dataset")
             if "dataset" in rule
             else suite.datasets[0]
         )

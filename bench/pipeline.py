@@ -1,4 +1,4 @@
-"""The stages of a cell, each content-addressed and cached (DESIGN.md section 3):
+"""The stages of a cell, each content-addressed and cached (docs/architecture.md):
 
     data -> train(model, recipe) -> compress(compression) -> export(runtime) -> measure(latency, memory, size)
                                                                         \\-> evaluate(attack) -> cell record
@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,11 @@ import torch_pruning as tp
 from torch import nn
 
 from bench import jsonl
+from bench.attacks import attack_kind
 from bench.cache import StageCache, stage_key
-from bench.compressions import CompressContext, Compressed, lowering_from_dict
+from bench.compressions import Compressed
 from bench.config import to_dict
-from bench.datasets import DataSplits, load_dataset
+from bench.datasets import load_dataset
 from bench.evaluate import evaluate
 from bench.matrix import Cell
 from bench.measure.latency import resolve_profile
@@ -41,6 +43,7 @@ from bench.plugins import registry
 from bench.registry import NoConfig
 from bench.runtimes import Exported
 from bench.suite import Choice, Suite
+from bench.types import CompressContext, DataSplits, lowering_from_dict
 from bench.userimport import subprocess_env
 
 log = logging.getLogger(__name__)
@@ -221,7 +224,7 @@ class Pipeline:
         m = self.suite.measurement
         profile = resolve_profile(m)
         spec = {
-            "format": exported.meta["exported"]["format"],
+            "session": exported.meta["exported"]["session"],  # the opener its runtime named at export
             "path": str(exported.path / exported.meta["exported"]["main_file"]),
             "device": self.device,
             "threads": self.threads,
@@ -255,14 +258,13 @@ class Pipeline:
     # -- evaluate ---------------------------------------------------------------------------------------------
 
     def evaluate(self, cell: Cell, data: StageResult, compressed: StageResult, exported: StageResult) -> StageResult:
-        attack_entry = registry("attack").get(cell.attack.name)
-        attack = attack_entry.obj(cell.attack.config)
+        attack = registry("attack").get(cell.attack.name).obj(cell.attack.config)
 
         def build(staging: Path) -> dict[str, Any]:
             outcome = evaluate(
                 exported.value,
                 compressed.value.model,
-                attack if cell.attack.name != "none" else None,
+                None if attack_kind(attack) == "none" else attack,
                 data.value,
                 batch_size=self.suite.evaluation.batch_size,
                 seed=self.suite.seed,
@@ -302,9 +304,10 @@ def run_worker(spec: dict[str, Any], threads: int) -> dict[str, Any]:
 
 
 def _load_module(path: Path, meta: dict[str, Any]) -> nn.Module:
-    from bench.runtimes.eager import load_torch_artifact
-
-    return load_torch_artifact(path / "model.pt", "torch", "cpu")
+    """The whole pickled module a train or compress stage saved (pruned models change shape: no state dict)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.load's TypedStorage notice on pickled modules
+        return torch.load(path / "model.pt", map_location="cpu", weights_only=False).eval()
 
 
 def _copy_module(model: nn.Module) -> nn.Module:

@@ -121,6 +121,11 @@ class Registry(Generic[T]):
                 return entry
         raise UnknownNameError(self.axis, name, self.names())
 
+    def entry_for(self, obj: Any) -> Entry[T] | None:
+        """The entry registered for `obj` (a plugin class or factory), or None."""
+        self.discover()
+        return next((e for e in self._entries.values() if e.obj is obj), None)
+
     def names(self, pattern: str = "*") -> list[str]:
         self.discover()
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))

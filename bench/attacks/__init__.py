@@ -1,11 +1,16 @@
 """The attack axis: `perturb(model, x, y, generator) -> x_adv`, one small file per attack, inputs in [0, 1].
 
-Gradient attacks (`needs_gradients=True`: FGSM, PGD, APGD) need input gradients of `model`. The harness decides
-the threat model per cell: on a deployed predictor that has gradients the attack runs on it (white-box); on one
-that has none (ONNX Runtime, INT8 kernels) it runs on the float eager twin and the result is scored on the deployed
-artifact (transfer). Query attacks (`needs_gradients=False`: Square) call `model` only forward, under
-`torch.no_grad`, so `model` may be any callable batch -> logits, the deployed predictor included (black-box).
-The record always names which one produced the number.
+Every attack declares its `kind` when it registers, and the harness reads that, never the attack's name:
+- `gradient` (FGSM, PGD, APGD): needs input gradients of `model`. On a deployed predictor that has gradients the
+  attack runs on it (white-box); on one that has none (ONNX Runtime, INT8 kernels) it runs on the float eager twin
+  and the result is scored on the deployed artifact (transfer). `single_step=True` marks one-step attacks (FGSM),
+  which the run-level invariants expect iterative attacks to match or beat.
+- `query` (Square): calls `model` only forward, under `torch.no_grad`, so `model` may be any callable
+  batch -> logits, the deployed predictor included (black-box).
+- `composite` (worst_case): its `members` are attacks of the other kinds; a sample is robust only if it survives
+  every member, each under its own threat model.
+- `none`: no attack (clean accuracy only).
+The record always names which threat model produced the number (bench.threat_models).
 
 The threat model's ball is `attack.norm` ("Linf" or "L2", from the config's `norm` where it has one) and
 `attack.eps`, both in [0, 1] pixel space.
@@ -34,6 +39,15 @@ class LinfConfig:
 
     def __post_init__(self) -> None:
         check_range("eps", self.eps, lo=0)
+
+
+ATTACK_KINDS = ("gradient", "query", "composite", "none")
+
+
+def attack_kind(attack: Any) -> str:
+    """The `kind` an attack's class declared when it registered (gradient when unregistered, e.g. in tests)."""
+    entry = ATTACKS.entry_for(type(attack))
+    return entry.capabilities.get("kind", "gradient") if entry else "gradient"
 
 
 class Attack:
@@ -122,7 +136,7 @@ def query(model: Callable[[torch.Tensor], Any], x: torch.Tensor) -> torch.Tensor
         return torch.as_tensor(model(x)).float().to(x.device)
 
 
-@ATTACKS.register("none", config=NoConfig)
+@ATTACKS.register("none", config=NoConfig, kind="none")
 class NoAttack(Attack):
     """No attack: the cell reports clean accuracy only (robust accuracy is null)."""
 

@@ -67,7 +67,7 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -margin(logits, y) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
-@ATTACKS.register("apgd", config=APGDConfig, needs_gradients=True, primary="eps")
+@ATTACKS.register("apgd", config=APGDConfig, kind="gradient", primary="eps")
 class APGD(Attack):
     """Auto-PGD (AutoAttack's APGD-CE / APGD-DLR): step-size free PGD with momentum, Linf or L2."""
 

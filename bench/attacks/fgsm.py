@@ -22,7 +22,7 @@ class FGSMConfig(LinfConfig):
     norm: Literal["Linf", "L2"] = "Linf"
 
 
-@ATTACKS.register("fgsm", config=FGSMConfig, needs_gradients=True, primary="eps")
+@ATTACKS.register("fgsm", config=FGSMConfig, kind="gradient", single_step=True, primary="eps")
 class FGSM(Attack):
     """Fast Gradient Sign Method (one step of size eps; under L2 along the normalised gradient)."""
 

@@ -41,7 +41,7 @@ class PGDConfig(LinfConfig):
         check_range("restarts", self.restarts, lo=1)
 
 
-@ATTACKS.register("pgd", config=PGDConfig, needs_gradients=True, primary="eps")
+@ATTACKS.register("pgd", config=PGDConfig, kind="gradient", primary="eps")
 class PGD(Attack):
     """Projected Gradient Descent under Linf or L2, with random start, restarts and an optional target."""
 

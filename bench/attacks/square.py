@@ -66,7 +66,7 @@ def _signs(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tenso
     return (torch.randint(0, 2, shape, generator=generator) * 2 - 1).to(like.device, like.dtype)
 
 
-@ATTACKS.register("square", config=SquareConfig, needs_gradients=False, primary="eps")
+@ATTACKS.register("square", config=SquareConfig, kind="query", primary="eps")
 class Square(Attack):
     """Square Attack (Linf): random search over square windows, forward queries only."""
 

@@ -41,7 +41,7 @@ def _parse_member(spec: Any, i: int) -> tuple[str, Any]:
         raise ConfigError(f"attacks[{i}].{exc.field}", str(exc)) from exc
 
 
-@ATTACKS.register("worst_case", config=WorstCaseConfig, needs_gradients=False)
+@ATTACKS.register("worst_case", config=WorstCaseConfig, kind="composite")
 class WorstCase(Attack):
     """Per-sample worst case over its member attacks (each with its own threat model)."""
 

@@ -23,8 +23,6 @@ from bench.measure.sessions import open_session
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     profile = Profile(**spec["profile"])
-    if spec["format"] == "torchscript":  # the profiling executor re-optimises the graph over the first calls
-        profile = dataclasses.replace(profile, warmup_iterations=max(profile.warmup_iterations, 5))
     batch_sizes = [int(b) for b in spec["batch_sizes"]]
     rng = np.random.default_rng(spec.get("seed", 0))
     shape = tuple(spec["input_shape"])
@@ -32,7 +30,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     with PeakRSS() as load_peak:
         t0 = time.perf_counter()
         session = open_session(
-            spec["format"],
+            spec["session"],
             Path(spec["path"]),
             spec["device"],
             spec.get("threads"),
@@ -41,6 +39,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         )
         result["load_s"] = time.perf_counter() - t0
     result["baseline_rss_mb"] = load_peak.start_mb
+    if session.min_warmup_iterations > profile.warmup_iterations:
+        profile = dataclasses.replace(profile, warmup_iterations=session.min_warmup_iterations)
     inputs = {b: session.prepare(rng.random((b, *shape), dtype=np.float32)) for b in batch_sizes}
     largest = max(batch_sizes)
 
@@ -50,7 +50,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     result["first_call_ms"] = (time.perf_counter() - t0) * 1e3
 
     # Memory pass, apart from the timed pass: peak RSS while running the largest batch.
-    cuda = spec["device"].startswith("cuda") and spec["format"] != "onnx"
+    cuda = session.torch_cuda
     if cuda:
         import torch
 
@@ -84,9 +84,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     p50 = latency[str(largest)]["p50"]
     result["throughput_sps"] = largest / (p50 / 1e3) if p50 > 0 else None
     result["throughput_batch"] = largest
-    if spec["format"] == "onnx":
-        result["providers"] = session.session.get_providers()
-        result["session_options"] = session.settings
+    result.update(session.details())
     return result
 
 

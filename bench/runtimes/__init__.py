@@ -11,23 +11,32 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench.registry import Registry
+
+if TYPE_CHECKING:  # no torch at import: the measurement worker imports this package's ONNX session module alone
+    import torch
+    from torch import nn
+
+    from bench.types import CompressContext, Lowering
 
 RUNTIMES: Registry = Registry("runtime", package="bench.runtimes")
 
 
 @dataclasses.dataclass
 class Exported:
-    """An artifact on disk: its files (relative to the export dir), the one to load, and what export did."""
+    """An artifact on disk: its files (relative to the export dir), the one to load, and what export did.
+
+    `session` names the function that opens it, `module:function` with the signature
+    `(path, device, threads, options) -> bench.measure.sessions.Session`: the measurement worker and evaluation
+    open the artifact through it, so a new artifact format needs no edit outside its runtime's files.
+    """
 
     format: str
     main_file: str
     files: list[str]
+    session: str
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -70,23 +79,25 @@ class Runtime:
         """Settings the artifact is opened with, in the measurement worker and for evaluation alike."""
         return {}
 
-    def export(self, model: nn.Module, lowering: Any, ctx: Any, workdir: Path) -> Exported:
+    def export(self, model: nn.Module, lowering: Lowering | None, ctx: CompressContext, workdir: Path) -> Exported:
         raise NotImplementedError
 
     def predictor(
         self, workdir: Path, exported: Exported, device: str, threads: int | None, sha256: str | None = None
     ) -> Predictor:
         """Open the artifact (verified against its sha256) in this process, as the worker opens it."""
-        from bench.measure.sessions import TorchSession, open_session
+        import torch
+
+        from bench.measure.sessions import open_session
 
         session = open_session(
-            exported.format, workdir / exported.main_file, device, threads, self.session_options(), sha256
+            exported.session, workdir / exported.main_file, device, threads, self.session_options(), sha256
         )
 
         def run(x: torch.Tensor) -> torch.Tensor:
             out = session.run(session.prepare(x.detach().cpu().numpy()))
             return torch.as_tensor(session.to_numpy(out))
 
-        gradients = isinstance(session, TorchSession) and not exported.meta.get("quantized_layers")
         # INT8 kernels and ONNX Runtime give no input gradients: no module is offered for white-box attacks
-        return Predictor(run, session.eager_module if gradients and self.differentiable else None)
+        gradients = self.differentiable and not exported.meta.get("quantized_layers")
+        return Predictor(run, session.eager_module if gradients else None)

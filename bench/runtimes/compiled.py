@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from bench.runtimes import RUNTIMES, Exported, Runtime
+from bench.runtimes.torch_session import OPEN_PICKLED
 
 
 @dataclasses.dataclass
@@ -41,4 +42,4 @@ class TorchCompile(Runtime):
             model, lowered = lower_torch(model, lowering, ctx)
             meta.update(lowered)
         torch.save(model, workdir / "model.pt")
-        return Exported(self.format, "model.pt", ["model.pt"], meta)
+        return Exported(self.format, "model.pt", ["model.pt"], OPEN_PICKLED, meta)

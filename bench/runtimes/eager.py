@@ -17,6 +17,7 @@ from torch import nn
 from bench.registry import NoConfig
 from bench.runtimes import RUNTIMES, Exported, Runtime
 from bench.runtimes.torch_int8 import quantize_fx
+from bench.runtimes.torch_session import OPEN_PICKLED, OPEN_TORCHSCRIPT
 from bench.types import HalfSpec, QuantSpec
 
 
@@ -72,9 +73,9 @@ class Eager(Runtime):
             quantized, meta = lower_torch(model, lowering, ctx)
             save_torchscript(quantized, ctx.example, workdir / "model.int8.ts")
             meta["serialization"] = "torchscript (quantized FX modules do not unpickle)"
-            return Exported("torchscript", "model.int8.ts", ["model.int8.ts"], meta)
+            return Exported("torchscript", "model.int8.ts", ["model.int8.ts"], OPEN_TORCHSCRIPT, meta)
         meta: dict[str, Any] = {}
         if lowering is not None:
             model, meta = lower_torch(model, lowering, ctx)
         torch.save(model, workdir / "model.pt")
-        return Exported(self.format, "model.pt", ["model.pt"], meta)
+        return Exported(self.format, "model.pt", ["model.pt"], OPEN_PICKLED, meta)

@@ -24,9 +24,12 @@ from torch import nn
 
 from bench.config import check_range
 from bench.runtimes import RUNTIMES, Exported, Runtime
+from bench.runtimes.ort_session import ort_providers
 from bench.types import HalfSpec
 
 log = logging.getLogger(__name__)
+
+OPENER = "bench.runtimes.ort_session:open_onnx"  # opens the artifact without importing torch (measurement worker)
 
 
 @dataclasses.dataclass
@@ -167,8 +170,6 @@ class OnnxRuntime(Runtime):
     def unavailable(self, device: str) -> str | None:
         import onnxruntime as ort
 
-        from bench.measure.sessions import ort_providers
-
         missing = [p for p in ort_providers(self.cfg.providers, device) if p not in ort.get_available_providers()]
         if missing:
             return (
@@ -201,7 +202,7 @@ class OnnxRuntime(Runtime):
                 f.rename(workdir / f.name)
                 files.append(f.name)
             staging.rmdir()
-            return Exported(self.format, "model.onnx", sorted(files), meta)
+            return Exported(self.format, "model.onnx", sorted(files), OPENER, meta)
         if isinstance(lowering, HalfSpec):
             main = "model.fp16.onnx"
             meta.update(convert_fp16(fp32, workdir / main))
@@ -211,4 +212,4 @@ class OnnxRuntime(Runtime):
             meta.update(quantize_onnx(fp32, workdir / main, lowering, calib))
         meta["size_ratio_to_fp32"] = (workdir / main).stat().st_size / meta["fp32_size_bytes"]
         shutil.rmtree(staging)
-        return Exported(self.format, main, [main], meta)
+        return Exported(self.format, main, [main], OPENER, meta)

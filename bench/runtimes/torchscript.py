@@ -10,6 +10,7 @@ from torch import nn
 from bench.registry import NoConfig
 from bench.runtimes import RUNTIMES, Exported, Runtime
 from bench.runtimes.eager import lower_torch, save_torchscript
+from bench.runtimes.torch_session import OPEN_TORCHSCRIPT
 
 
 @RUNTIMES.register("torchscript", config=NoConfig)
@@ -29,4 +30,4 @@ class TorchScript(Runtime):
             if meta.get("precision") == "fp16":  # half kernels are traced where they run
                 example = example.to(ctx.device)
         meta["torchscript"] = save_torchscript(model, example, workdir / "model.ts")
-        return Exported(self.format, "model.ts", ["model.ts"], meta)
+        return Exported(self.format, "model.ts", ["model.ts"], OPEN_TORCHSCRIPT, meta)

@@ -1,0 +1,68 @@
+"""Which model an attack crafts on, decided by what the attack and the deployed artifact declare.
+
+- a `gradient` attack on a predictor with input gradients: on the predictor's own module (`white-box`);
+- a `gradient` attack on one without (ONNX Runtime, INT8 kernels): on the float eager twin and, for an INT8
+  lowering, also on a straight-through fake-quant twin, keeping the per-sample worst (`transfer`), never a silent
+  fallback to a number that looks white-box;
+- a `query` attack: on the deployed predictor itself, forward calls only (`black-box`);
+- a `composite` attack (worst_case): each of its members under its own threat model.
+Adversarial inputs are always scored on the deployed artifact (bench.evaluate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.attacks import ATTACK_KINDS, Attack, attack_kind
+from bench.fake_quant import straight_through_twin
+from bench.types import Lowering
+
+
+@dataclasses.dataclass
+class AttackMember:
+    """One attack to run on a cell: its name in the record, the attack, and its declared kind."""
+
+    name: str
+    attack: Attack
+    kind: str
+
+
+def attack_members(attack: Attack, name: str) -> list[AttackMember]:
+    """The attacks a cell runs: the attack itself, or the members of a composite one (each with its kind)."""
+    kind = attack_kind(attack)
+    if kind not in ATTACK_KINDS:
+        raise ValueError(f"attack '{name}' declares kind '{kind}'; expected one of {', '.join(ATTACK_KINDS)}")
+    if kind == "composite":
+        return [m for member_name, member in attack.members for m in attack_members(member, member_name)]
+    return [AttackMember(name, attack, kind)]
+
+
+def frozen(model: nn.Module, device: str) -> nn.Module:
+    """The model in eval mode on `device` with parameter gradients off: attacks need input gradients only."""
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def crafting_sources(
+    member: AttackMember,
+    predictor: Any,
+    float_twin: nn.Module,
+    lowering: Lowering | None,
+    calib_x: torch.Tensor,
+    device: str,
+) -> tuple[str, list[tuple[str, Any]]]:
+    """(threat model, [(surrogate name, model to craft on)]) for one attack on one deployed predictor."""
+    if member.kind == "query":
+        return "black-box", [("deployed predictor (queries only)", predictor)]
+    if predictor.module is not None:
+        return "white-box", [("deployed model", frozen(predictor.module, device))]
+    sources = [("float eager twin", frozen(float_twin, device))]
+    if lowering is not None and lowering.kind == "int8":
+        sources.append(("straight-through fake-quant twin", frozen(straight_through_twin(float_twin, calib_x), device)))
+    return "transfer", sources
