@@ -52,7 +52,7 @@ def onnx_file(trained, tmp_path_factory):
 def test_latency_harness_session_onnxruntime(benchmark, onnx_file):
     from bench.measure.sessions import open_session
 
-    session = open_session("onnx", onnx_file, "cpu", torch.get_num_threads())
+    session = open_session("bench.runtimes.ort_session:open_onnx", onnx_file, "cpu", torch.get_num_threads())
     x = session.prepare(np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32))
     benchmark(lambda: session.run(x))
 
@@ -75,7 +75,8 @@ def test_latency_harness_session_eager(benchmark, trained, tmp_path):
 
     model, _ = trained
     torch.save(model, tmp_path / "model.pt")
-    session = open_session("torch", tmp_path / "model.pt", "cpu", torch.get_num_threads())
+    opener = "bench.runtimes.torch_session:open_pickled_module"
+    session = open_session(opener, tmp_path / "model.pt", "cpu", torch.get_num_threads())
     x = session.prepare(np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32))
     benchmark(lambda: session.run(x))
 
