@@ -15,6 +15,7 @@ from torch import nn
 
 from bench.runtimes import RUNTIMES, Exported, Runtime
 from bench.runtimes.torch_session import OPEN_PICKLED
+from bench.types import CompressContext, Lowering
 
 
 @dataclasses.dataclass
@@ -34,7 +35,7 @@ class TorchCompile(Runtime):
     def session_options(self) -> dict[str, Any]:
         return {"compile": True, "compile_mode": None if self.cfg.mode == "default" else self.cfg.mode}
 
-    def export(self, model: nn.Module, lowering: Any, ctx: Any, workdir: Path) -> Exported:
+    def export(self, model: nn.Module, lowering: Lowering | None, ctx: CompressContext, workdir: Path) -> Exported:
         from bench.runtimes.eager import lower_torch
 
         meta: dict[str, Any] = {"compile_mode": self.cfg.mode}

@@ -18,7 +18,7 @@ from bench.registry import NoConfig
 from bench.runtimes import RUNTIMES, Exported, Runtime
 from bench.runtimes.torch_int8 import quantize_fx
 from bench.runtimes.torch_session import OPEN_PICKLED, OPEN_TORCHSCRIPT
-from bench.types import HalfSpec, QuantSpec
+from bench.types import CompressContext, HalfSpec, Lowering, QuantSpec
 
 
 class HalfPrecision(nn.Module):
@@ -32,7 +32,7 @@ class HalfPrecision(nn.Module):
         return self.model(x.half()).float()
 
 
-def lower_torch(model: nn.Module, lowering: Any, ctx: Any) -> tuple[nn.Module, dict[str, Any]]:
+def lower_torch(model: nn.Module, lowering: Lowering, ctx: CompressContext) -> tuple[nn.Module, dict[str, Any]]:
     """Apply an INT8 or FP16 lowering to a PyTorch module (eager and TorchScript runtimes share it)."""
     if isinstance(lowering, HalfSpec):
         return HalfPrecision(model.to(ctx.device)), {"precision": "fp16"}
@@ -68,7 +68,7 @@ class Eager(Runtime):
     dtypes = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16")}
     differentiable = True
 
-    def export(self, model: nn.Module, lowering: Any, ctx: Any, workdir: Path) -> Exported:
+    def export(self, model: nn.Module, lowering: Lowering | None, ctx: CompressContext, workdir: Path) -> Exported:
         if isinstance(lowering, QuantSpec):
             quantized, meta = lower_torch(model, lowering, ctx)
             save_torchscript(quantized, ctx.example, workdir / "model.int8.ts")

@@ -25,7 +25,7 @@ from torch import nn
 from bench.config import check_range
 from bench.runtimes import RUNTIMES, Exported, Runtime
 from bench.runtimes.ort_session import ort_providers
-from bench.types import HalfSpec
+from bench.types import CompressContext, HalfSpec, Lowering, QuantSpec
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class _CalibrationReader:
         pass
 
 
-def quantize_onnx(fp32: Path, out: Path, quant: Any, calib_x: np.ndarray) -> dict[str, Any]:
+def quantize_onnx(fp32: Path, out: Path, quant: QuantSpec, calib_x: np.ndarray) -> dict[str, Any]:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -183,7 +183,7 @@ class OnnxRuntime(Runtime):
             for k in ("providers", "intra_op_threads", "inter_op_threads", "graph_optimization", "execution_mode")
         }
 
-    def export(self, model: nn.Module, lowering: Any, ctx: Any, workdir: Path) -> Exported:
+    def export(self, model: nn.Module, lowering: Lowering | None, ctx: CompressContext, workdir: Path) -> Exported:
         staging = workdir / "staging"
         staging.mkdir()
         fp32 = staging / "model.onnx"

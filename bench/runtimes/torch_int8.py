@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.types import QuantSpec
+
 
 def quantized_layer_names(model: nn.Module) -> list[str]:
     """Names of modules that run INT8 kernels (torch.ao.nn.quantized / intrinsic.quantized)."""
@@ -24,7 +26,7 @@ def quantized_layer_names(model: nn.Module) -> list[str]:
     ]
 
 
-def quantize_fx(model: nn.Module, quant: Any, calib_x: torch.Tensor) -> tuple[nn.Module, dict[str, Any]]:
+def quantize_fx(model: nn.Module, quant: QuantSpec, calib_x: torch.Tensor) -> tuple[nn.Module, dict[str, Any]]:
     """Static (calibrated) or dynamic INT8 of `model` for CPU; raises if no layer was quantized."""
     from torch.ao.quantization import QConfigMapping, default_dynamic_qconfig, get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx

@@ -11,6 +11,7 @@ from bench.registry import NoConfig
 from bench.runtimes import RUNTIMES, Exported, Runtime
 from bench.runtimes.eager import lower_torch, save_torchscript
 from bench.runtimes.torch_session import OPEN_TORCHSCRIPT
+from bench.types import CompressContext, Lowering
 
 
 @RUNTIMES.register("torchscript", config=NoConfig)
@@ -22,7 +23,7 @@ class TorchScript(Runtime):
     dtypes = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16")}
     differentiable = True
 
-    def export(self, model: nn.Module, lowering: Any, ctx: Any, workdir: Path) -> Exported:
+    def export(self, model: nn.Module, lowering: Lowering | None, ctx: CompressContext, workdir: Path) -> Exported:
         meta: dict[str, Any] = {}
         example = ctx.example
         if lowering is not None:
