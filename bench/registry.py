@@ -78,9 +78,13 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """Name -> plugin for one axis (models, datasets, recipes, compressions, runtimes, attacks)."""
 
-    def __init__(self, axis: str, package: str | None = None) -> None:
-        """`package`: the axis package whose modules are imported (discovered) when the registry is first read."""
+    def __init__(
+        self, axis: str, package: str | None = None, allowed: dict[str, tuple[Any, ...]] | None = None
+    ) -> None:
+        """`package`: the axis package whose modules are imported (discovered) when the registry is first read.
+        `allowed`: capability -> the values a plugin may declare for it (checked when it registers)."""
         self.axis = axis
+        self._allowed = allowed or {}
         self._entries: dict[str, Entry[T]] = {}
         self._fallbacks: list[Callable[[str], Entry[T] | None]] = []
         self._package = package
@@ -97,6 +101,13 @@ class Registry(Generic[T]):
 
     def register(self, name: str, *, config: type = NoConfig, **capabilities: Any) -> Callable[[T], T]:
         """Decorator: `@MODELS.register("mlp", config=MLPConfig)` above a factory or a class."""
+
+        for key, values in self._allowed.items():
+            if capabilities.get(key) not in values:
+                valid = ", ".join(map(repr, values))
+                raise ValueError(
+                    f"{self.axis} '{name}' declares {key}={capabilities.get(key)!r}; expected one of {valid}"
+                )
 
         def decorate(obj: T) -> T:
             if name in self._entries:

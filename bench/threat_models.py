@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.attacks import ATTACK_KINDS, Attack, attack_kind
+from bench.attacks import Attack, attack_kind
 from bench.fake_quant import straight_through_twin
 from bench.types import Lowering
 
@@ -33,9 +33,7 @@ class AttackMember:
 
 def attack_members(attack: Attack, name: str) -> list[AttackMember]:
     """The attacks a cell runs: the attack itself, or the members of a composite one (each with its kind)."""
-    kind = attack_kind(attack)
-    if kind not in ATTACK_KINDS:
-        raise ValueError(f"attack '{name}' declares kind '{kind}'; expected one of {', '.join(ATTACK_KINDS)}")
+    kind = attack_kind(attack)  # one of ATTACK_KINDS: checked when the attack registered
     if kind == "composite":
         return [m for member_name, member in attack.members for m in attack_members(member, member_name)]
     return [AttackMember(name, attack, kind)]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 import bench
@@ -202,3 +203,11 @@ def test_discovery_imports_every_module_of_the_axis_package_once(tmp_path, monke
     registry: Registry = fake_axis.REG
     assert registry.names() == ["alpha", "beta"]
     assert registry.names() == ["alpha", "beta"]  # a second read imports nothing twice (no "registered twice")
+
+
+def test_a_plugin_declaring_an_unknown_attack_kind_is_refused_when_it_registers():
+    from bench.attacks import ATTACKS
+
+    with pytest.raises(ValueError, match="attack 'odd' declares kind='gradiant'; expected one of 'gradient', 'query'"):
+        ATTACKS.register("odd", kind="gradiant")
+    assert "odd" not in ATTACKS

@@ -28,7 +28,8 @@ from torch import nn
 from bench.config import check_range
 from bench.registry import NoConfig, Registry
 
-ATTACKS: Registry = Registry("attack", package="bench.attacks")
+ATTACK_KINDS = ("gradient", "query", "composite", "none")
+ATTACKS: Registry = Registry("attack", package="bench.attacks", allowed={"kind": ATTACK_KINDS})
 
 
 @dataclasses.dataclass
@@ -39,9 +40,6 @@ class LinfConfig:
 
     def __post_init__(self) -> None:
         check_range("eps", self.eps, lo=0)
-
-
-ATTACK_KINDS = ("gradient", "query", "composite", "none")
 
 
 def attack_kind(attack: Any) -> str:
