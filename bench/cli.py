@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.jit / torch.ao notices, see DESIGN 8
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.jit / torch.ao notices: deprecated, still used
     try:
         return COMMANDS[args.command](args)
     except BenchInputError as exc:
