@@ -1,4 +1,10 @@
-"""The supervised training loop shared by recipes and by compressions that fine-tune (pruning, QAT, KD)."""
+"""The one supervised training loop (`fit`) and the one optimiser/schedule factory (`make_optimizer`).
+
+Every training goes through `fit`: the `standard` and adversarial recipes (through `loss_fn` and `on_epoch_end`),
+each rank of `ddp` and each client of `fedavg` (through the recipe it runs locally), and the compressions that
+fine-tune (pruning, QAT, KD). What a data-parallel rank changes, the order of the samples and the scaling of the
+loss, is a `BatchPlan` argument, so a change to the loop reaches every user.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,8 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
@@ -16,6 +22,7 @@ log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 EpochHook = Callable[[int, nn.Module], bool]  # (epoch, 1-based; model) -> True to stop training after this epoch
+Batch = tuple[torch.Tensor, float | None]  # (sample indices, factor on the step's loss; None: the loss as it is)
 
 
 @dataclasses.dataclass
@@ -56,6 +63,61 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     return nn.functional.cross_entropy(model(x), y)
 
 
+def summed_cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over the batch: 0, not NaN, for an empty batch (a data-parallel rank's empty slice)."""
+    return nn.functional.cross_entropy(model(x), y, reduction="sum")
+
+
+class BatchPlan(Protocol):
+    """Which samples each step trains on and how its loss is scaled: what data-parallel ranks change in `fit`."""
+
+    def __len__(self) -> int:
+        """Steps per epoch."""
+        ...
+
+    def batches(self, epoch: int) -> Iterator[Batch]:
+        """The steps of epoch `epoch` (0-based; `fit` asks for the epochs in order)."""
+        ...
+
+
+class ShuffledBatches:
+    """One seeded generator reshuffles the samples each epoch; consecutive `batch_size` runs of it are the steps.
+
+    The generator carries over between epochs, so a plan serves one training run. The loss is used as it is. The
+    permutation moves to `device` once per epoch, not once per step.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, seed: int, device: str = "cpu") -> None:
+        self.n, self.batch_size, self.device = n, batch_size, device
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return max(1, math.ceil(self.n / self.batch_size))
+
+    def batches(self, epoch: int) -> Iterator[Batch]:
+        order = torch.randperm(self.n, generator=self.generator).to(self.device)
+        for i in range(len(self)):
+            yield order[i * self.batch_size : (i + 1) * self.batch_size], None
+
+
+def make_optimizer(
+    params: list[nn.Parameter], cfg: OptimConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """`cfg`'s optimiser over `params` and its schedule over `total_steps` steps (the scheduler steps per batch)."""
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
+        )
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, total_steps))
+        if cfg.schedule == "cosine"
+        else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    )
+    return opt, sched
+
+
 def fit(
     model: nn.Module,
     x: torch.Tensor,
@@ -66,38 +128,30 @@ def fit(
     device: str = "cpu",
     loss_fn: LossFn = cross_entropy,
     on_epoch_end: EpochHook | None = None,
+    plan: BatchPlan | None = None,
 ) -> TrainCost:
-    """Train `model` in place on (x, y) with `cfg`; shuffling is seeded, so the same seed gives the same weights.
+    """Train `model` in place on (x, y) with `cfg`; the same seed (or plan) gives the same weights.
 
-    `on_epoch_end(epoch, model)` runs after each epoch (its time counts as training time); returning True stops
-    training there, and `epochs` / `samples_seen` in the cost count only the epochs that ran. The hook may change
-    the model's mode or weights; training mode is restored before the next epoch.
+    `plan` picks each step's samples and scales its loss; the default, `ShuffledBatches(len(x), cfg.batch_size,
+    seed=seed, device=device)`, is single-process training (a data-parallel rank passes its slice of the global
+    batches instead). `on_epoch_end(epoch, model)` runs after each epoch (its time counts as training time);
+    returning True stops training there, and `epochs` / `samples_seen` in the cost count only the epochs that ran.
+    The hook may change the model's mode or weights; training mode is restored before the next epoch.
+    `final_loss` is the last step's loss as the plan scaled it.
     """
     model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
-        )
-    else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(x) / cfg.batch_size))
-    total_steps = max(1, cfg.epochs * steps_per_epoch)
-    sched = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
-        if cfg.schedule == "cosine"
-        else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    )
-    generator = torch.Generator().manual_seed(seed)
+    plan = plan if plan is not None else ShuffledBatches(len(x), cfg.batch_size, seed=seed, device=device)
+    opt, sched = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg, cfg.epochs * len(plan))
     x, y = x.to(device), y.to(device)
     loss = torch.tensor(float("nan"))
     start = time.perf_counter()
     epochs_run = 0
     for epoch in range(1, cfg.epochs + 1):
-        order = torch.randperm(len(x), generator=generator).to(device)
-        for i in range(steps_per_epoch):
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        for idx, scale in plan.batches(epoch - 1):
+            idx = idx.to(device)  # a no-op for the default plan's indices
             loss = loss_fn(model, x[idx], y[idx])
+            if scale is not None:
+                loss = loss * scale
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -107,7 +161,7 @@ def fit(
             break
         model.train()
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     model.eval()
     seen = epochs_run * len(x)

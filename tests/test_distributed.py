@@ -1,24 +1,28 @@
 """Distributed recipes on digits: `ddp` (torchrun + DDP) and `fedavg` (simulated and torchrun clients).
 
 The torchrun launches (about 10 s each on two cores, most of it process start) are shared through module fixtures:
-four `ddp` launches and one `fedavg` launch.
+four `ddp` launches and one `fedavg` launch, all through `bench.launch`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
+from bench import launch, userimport
 from bench.config import parse_config
 from bench.datasets import load_dataset
 from bench.errors import ConfigError
 from bench.models import MODELS, build_model
 from bench.recipes import RECIPES
-from bench.recipes.distributed import GlobalBatchSampler, resolve_backend
+from bench.recipes.distributed import GlobalBatches, resolve_backend
 from bench.recipes.federated import client_shards, compress_update
-from bench.training import accuracy
+from bench.training import OptimConfig, accuracy, fit, summed_cross_entropy
 
 # AdamW at 1e-2 learns digits in a few epochs (as in test_recipes.py).
 ADAMW = {"optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0}
@@ -118,21 +122,32 @@ def test_ddp_syncbatchnorm_matches_one_process(ddp_resnet):
 
 
 @pytest.mark.parametrize("n,batch,world", [(10, 4, 2), (249, 32, 2), (7, 5, 3), (5, 8, 1)])
-def test_global_batch_sampler_ranks_together_see_the_single_process_batches(n, batch, world):
-    single = GlobalBatchSampler(n, batch, num_replicas=1, rank=0, seed=3)
-    ranks = [GlobalBatchSampler(n, batch, num_replicas=world, rank=r, seed=3) for r in range(world)]
+def test_global_batches_ranks_together_see_the_single_process_batches(n, batch, world):
+    single = GlobalBatches(n, batch, seed=3)
+    ranks = [GlobalBatches(n, batch, seed=3, rank=r, world_size=world) for r in range(world)]
     for epoch in range(2):
-        for s in (single, *ranks):
-            s.set_epoch(epoch)
-        steps = list(zip(single, *ranks, strict=True))
+        steps = list(zip(single.batches(epoch), *(r.batches(epoch) for r in ranks), strict=True))
         assert len(steps) == len(single) == -(-n // batch)
-        for (whole, size), *slices in steps:
+        for (whole, scale), *slices in steps:
             assert torch.equal(torch.cat([idx for idx, _ in slices]), whole)  # contiguous slices, in rank order
-            assert all(s == size == len(whole) for _, s in slices)
-    single.set_epoch(0)
-    first = next(iter(single))[0]
-    single.set_epoch(1)
-    assert not torch.equal(first, next(iter(single))[0])  # reshuffled per epoch
+            assert scale == 1 / len(whole)  # a summed loss becomes the global mean...
+            assert all(s == world / len(whole) for _, s in slices)  # ...after DDP averages the ranks' gradients
+    first = next(single.batches(0))[0]
+    assert torch.equal(first, next(single.batches(0))[0])  # an epoch's order depends on seed + epoch alone
+    assert not torch.equal(first, next(single.batches(1))[0])  # reshuffled per epoch
+
+
+def test_an_empty_slice_adds_nothing_to_the_loss(data):
+    """A rank trains with `fit`, its global-batch plan and a summed loss: 7 samples in global batches of 5 on 3
+    ranks leave rank 2 nothing of the last batch, which must add 0 to the loss, not NaN."""
+    small = _subset(data, 7)
+    model = _model(small)
+    plan = GlobalBatches(7, 5, seed=0, rank=2, world_size=3)
+    assert [len(idx) for idx, _ in plan.batches(0)] == [1, 0]
+    cost = fit(model, small.x_train, small.y_train, OptimConfig(epochs=1, batch_size=5), seed=0,
+               loss_fn=summed_cross_entropy, plan=plan)  # fmt: skip
+    assert cost.final_loss == 0.0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 @pytest.mark.parametrize(
@@ -157,6 +172,32 @@ def test_ddp_backend_resolution():
     assert info.value.field == "backend"
     defaults = parse_config(RECIPES.get("ddp").config_cls, {})
     assert (defaults.world_size, defaults.backend, defaults.batch_size) == (2, "auto", 64)
+
+
+# --- the launcher --------------------------------------------------------------------------------------------------
+
+
+def _echo_worker(spec):
+    """A worker named by import path in a spec: what a new distributed recipe would bring along."""
+    Path(spec["out"]).write_text(json.dumps(spec["payload"]))
+
+
+def test_launch_runs_the_worker_the_spec_names(tmp_path):
+    spec = {"worker": f"{__name__}:_echo_worker", "out": str(tmp_path / "out.json"), "payload": [1, "a"]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    assert launch.main([str(tmp_path / "spec.json")]) == 0
+    assert json.loads((tmp_path / "out.json").read_text()) == [1, "a"]
+    assert launch.main([]) == 2
+
+
+def test_worker_env_reaches_user_modules_and_splits_the_cores(tmp_path, monkeypatch):
+    monkeypatch.setattr(userimport, "USER_ROOTS", [tmp_path])
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    env = launch.worker_env(2)
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path)
+    assert env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert launch.worker_env(2)["OMP_NUM_THREADS"] == "3"  # the caller's choice stands
 
 
 # --- fedavg --------------------------------------------------------------------------------------------------------
@@ -294,6 +335,7 @@ def test_fedavg_runs_any_recipe_as_the_local_step(data):
         ({"dirichlet_alpha": -1.0}, "dirichlet_alpha"),
         ({"local_recipe": "nope"}, "local_recipe"),
         ({"local_recipe": "fedavg"}, "local_recipe"),
+        ({"local_recipe": "ddp"}, "local_recipe"),
         ({"local_recipe": "pgd_at", "local_params": {"eps": -1.0}}, "local_params.eps"),
         ({"local_params": {"eps": 0.1}}, "local_params.eps"),  # `standard` has no eps
         ({"local_params": {"lr": 0.1}}, "local_params"),

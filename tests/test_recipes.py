@@ -15,7 +15,7 @@ from bench.errors import ConfigError
 from bench.models import MODELS, build_model
 from bench.recipes import RECIPES
 from bench.recipes.adversarial import OverfitGuard
-from bench.training import accuracy
+from bench.training import OptimConfig, ShuffledBatches, accuracy, fit
 
 EPS = 0.1  # training and evaluation radius in [0, 1] pixel space (digits are 8x8, 17 grey levels)
 # AdamW at 1e-2 learns digits in a few epochs under adversarial training; SGD at the default 0.05 needs far more.
@@ -218,3 +218,43 @@ def test_fgsm_rs_stops_early_and_keeps_the_best_weights(data, monkeypatch):
     assert cost.epochs == 3 and cost.samples_seen == 3 * 256
     assert all(torch.equal(v, snapshots[2][k]) for k, v in model.state_dict().items())
     assert not all(torch.equal(v, snapshots[3][k]) for k, v in model.state_dict().items())
+
+
+def test_fit_default_plan_is_seeded_shuffling(data):
+    """`fit` without a plan is `ShuffledBatches(len(x), batch_size, seed)`: the plan is the only thing it varies."""
+    small = _subset(data)
+    cfg = OptimConfig(epochs=2, batch_size=64, optimizer="adamw", lr=0.01)
+    a, b = _model(small), _model(small)
+    fit(a, small.x_train, small.y_train, cfg, seed=5)
+    fit(b, small.x_train, small.y_train, cfg, seed=0, plan=ShuffledBatches(len(small.x_train), 64, seed=5))
+    assert all(torch.equal(wa, wb) for wa, wb in zip(_weights(a).values(), _weights(b).values(), strict=True))
+
+
+def test_a_recipe_that_launches_workers_is_no_local_step(monkeypatch):
+    """fedavg refuses a local recipe by its declared capability, whatever its name."""
+    fedavg_cfg = RECIPES.get("fedavg").config_cls
+    entry = RECIPES.get("standard")
+    monkeypatch.setitem(RECIPES._entries, "my_launcher", dataclasses.replace(entry, capabilities={}))
+    parse_config(fedavg_cfg, {"local_recipe": "my_launcher"})  # a plain recipe under any name is a local step
+    launcher = dataclasses.replace(entry, name="my_launcher", capabilities={"launches_workers": True})
+    monkeypatch.setitem(RECIPES._entries, "my_launcher", launcher)
+    with pytest.raises(ConfigError) as info:
+        parse_config(fedavg_cfg, {"local_recipe": "my_launcher"})
+    assert info.value.field == "local_recipe"
+    assert all(RECIPES.get(n).capabilities.get("launches_workers") for n in ("ddp", "fedavg"))
+
+
+def test_recipes_import_no_other_axis_plugin():
+    """A recipe reaches attacks, compressions and runtimes through their registries, never a plugin module."""
+    import ast
+    from pathlib import Path
+
+    import bench.recipes
+
+    other_axes = ("bench.attacks.", "bench.compressions.", "bench.runtimes.")
+    for path in Path(bench.recipes.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not [n for n in names if n.startswith(other_axes)], path.name

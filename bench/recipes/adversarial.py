@@ -29,12 +29,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.attacks import Attack
-from bench.attacks.fgsm import FGSM, FGSMConfig
-from bench.attacks.pgd import PGD, PGDConfig
+from bench.attacks import ATTACKS, Attack
 from bench.config import check_range
 from bench.recipes import RECIPES
 from bench.training import OptimConfig, TrainCost, fit
+from bench.types import DataSplits
 
 # --- configs -------------------------------------------------------------------------------------------------------
 
@@ -114,6 +113,13 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def make_attack(name: str, **params: Any) -> Attack:
+    """The registered attack `name` with its config built from `params` (the attack axis is reached through its
+    registry, never by importing another axis's plugin)."""
+    entry = ATTACKS.get(name)
+    return entry.obj(entry.config_cls(**params))
 
 
 def _craft(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -201,9 +207,9 @@ class OverfitGuard:
 
 
 @RECIPES.register("fgsm_augment", config=FGSMAugmentConfig)
-def fgsm_augment(model: nn.Module, data: Any, cfg: FGSMAugmentConfig, *, seed: int, device: str) -> TrainCost:
+def fgsm_augment(model: nn.Module, data: DataSplits, cfg: FGSMAugmentConfig, *, seed: int, device: str) -> TrainCost:
     """Adversarial data augmentation: (1 - alpha) * CE(clean) + alpha * CE(FGSM)."""
-    attack, gen, a = FGSM(FGSMConfig(eps=cfg.eps)), torch.Generator().manual_seed(seed), cfg.alpha
+    attack, gen, a = make_attack("fgsm", eps=cfg.eps), torch.Generator().manual_seed(seed), cfg.alpha
 
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         terms = []  # a term with weight 0 is skipped, so alpha=0 costs what `standard` does
@@ -217,10 +223,10 @@ def fgsm_augment(model: nn.Module, data: Any, cfg: FGSMAugmentConfig, *, seed: i
 
 
 @RECIPES.register("fgsm_rs", config=FGSMRSConfig)
-def fgsm_rs(model: nn.Module, data: Any, cfg: FGSMRSConfig, *, seed: int, device: str) -> TrainCost:
+def fgsm_rs(model: nn.Module, data: DataSplits, cfg: FGSMRSConfig, *, seed: int, device: str) -> TrainCost:
     """Fast adversarial training: FGSM from a random start (Wong et al. 2020), with a catastrophic-overfitting guard."""
     step = cfg.alpha if cfg.alpha is not None else 1.25 * cfg.eps
-    attack = PGD(PGDConfig(eps=cfg.eps, alpha=step, steps=1, random_start=True))
+    attack = make_attack("pgd", eps=cfg.eps, alpha=step, steps=1, random_start=True)
     gen = torch.Generator().manual_seed(seed)
 
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -233,7 +239,7 @@ def fgsm_rs(model: nn.Module, data: Any, cfg: FGSMRSConfig, *, seed: int, device
         guard = OverfitGuard(
             data.x_train[idx].to(device),
             data.y_train[idx].to(device),
-            PGD(PGDConfig(eps=cfg.eps, steps=cfg.guard_steps)),
+            make_attack("pgd", eps=cfg.eps, steps=cfg.guard_steps),
             max_drop=cfg.guard_drop,
             min_robust=cfg.guard_min_robust,
             seed=seed,
@@ -244,9 +250,9 @@ def fgsm_rs(model: nn.Module, data: Any, cfg: FGSMRSConfig, *, seed: int, device
 
 
 @RECIPES.register("pgd_at", config=PGDATConfig)
-def pgd_at(model: nn.Module, data: Any, cfg: PGDATConfig, *, seed: int, device: str) -> TrainCost:
+def pgd_at(model: nn.Module, data: DataSplits, cfg: PGDATConfig, *, seed: int, device: str) -> TrainCost:
     """PGD adversarial training (Madry et al. 2018): CE on PGD inputs with a random start."""
-    attack = PGD(PGDConfig(eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_start=True))
+    attack = make_attack("pgd", eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_start=True)
     gen = torch.Generator().manual_seed(seed)
 
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -256,7 +262,7 @@ def pgd_at(model: nn.Module, data: Any, cfg: PGDATConfig, *, seed: int, device: 
 
 
 @RECIPES.register("trades", config=TRADESConfig)
-def trades(model: nn.Module, data: Any, cfg: TRADESConfig, *, seed: int, device: str) -> TrainCost:
+def trades(model: nn.Module, data: DataSplits, cfg: TRADESConfig, *, seed: int, device: str) -> TrainCost:
     """TRADES (Zhang et al. 2019): CE(f(x), y) + beta * KL(f(x) || f(x_adv)) / batch."""
     step = cfg.alpha if cfg.alpha is not None else 2.5 * cfg.eps / cfg.steps
     gen = torch.Generator().manual_seed(seed)

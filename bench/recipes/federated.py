@@ -26,12 +26,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -41,13 +38,12 @@ from torch import nn
 
 from bench.config import check_range, config_fields, parse_config
 from bench.errors import ConfigError, UnknownNameError
+from bench.launch import load_worker_inputs, process_group, run_workers, write_outputs
 from bench.recipes import RECIPES
-from bench.recipes.distributed import init_process_group, load_worker_inputs, torchrun
 from bench.training import TrainCost
 from bench.types import DataSplits
 
 OPTIM_FIELDS = ("batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule")
-NOT_LOCAL = ("fedavg", "ddp")  # recipes that cannot be a client's local step
 DIRICHLET_TRIES = 100
 INDEX_BYTES = 4  # a top-k index is sent as int32
 
@@ -65,7 +61,7 @@ class FedAvgConfig:
     local_epochs: int = 1  # epochs of the local recipe on the client's shard per round
     split: Literal["iid", "dirichlet"] = "iid"
     dirichlet_alpha: float = 0.5  # concentration of the per-class Dir(alpha) over clients; smaller: more skew
-    local_recipe: str = "standard"  # any registered recipe but fedavg / ddp
+    local_recipe: str = "standard"  # any registered recipe that trains in this process (not ddp, not fedavg)
     local_params: dict[str, Any] = dataclasses.field(default_factory=dict)  # its own parameters, e.g. {eps: 0.1}
     update_compression: Literal["none", "topk", "int8"] = "none"
     topk_ratio: float = 0.1  # fraction of each tensor's entries top-k sends
@@ -96,12 +92,12 @@ class FedAvgConfig:
 
     def local_config(self) -> Any:
         """The local recipe's config: fedavg's optimiser, `local_epochs` as its epochs, then `local_params`."""
-        if self.local_recipe in NOT_LOCAL:
-            raise ConfigError("local_recipe", f"'{self.local_recipe}' cannot be a client's local step")
         try:
             entry = RECIPES.get(self.local_recipe)
         except UnknownNameError as exc:
             raise ConfigError("local_recipe", str(exc)) from None
+        if entry.capabilities.get("launches_workers"):  # a client is one process: it cannot start a torchrun job
+            raise ConfigError("local_recipe", f"'{self.local_recipe}' launches worker processes: not a local step")
         clash = sorted(set(self.local_params) & {*OPTIM_FIELDS, "epochs"})
         if clash:
             raise ConfigError("local_params", f"set {', '.join(clash)} on fedavg itself (local_epochs for epochs)")
@@ -179,7 +175,7 @@ def _client_seed(seed: int, rnd: int, client: int) -> int:
 
 def run_rounds(
     model: nn.Module,
-    data: Any,
+    data: DataSplits,
     shards: Sequence[torch.Tensor],
     cfg: FedAvgConfig,
     *,
@@ -260,9 +256,8 @@ def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def fedavg_worker(spec: dict[str, Any]) -> None:
-    """A torchrun rank of `fedavg` (called by `bench.recipes.dist_worker`): the clients rank, rank + P, ..."""
-    rank, world, device = init_process_group(spec)
-    try:
+    """A torchrun rank of `fedavg` (the spec's `worker`, run by `bench.launch`): the clients rank, rank + P, ..."""
+    with process_group(spec) as (rank, world, device):
         cfg, model, blob = load_worker_inputs(spec, FedAvgConfig)
         x, y = blob["x"], blob["y"]
         data = DataSplits(
@@ -290,52 +285,41 @@ def fedavg_worker(spec: dict[str, Any]) -> None:
             reduce=_all_reduce,
         )
         if rank == 0:
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, spec["state"])
-            Path(spec["result"]).write_text(json.dumps(out))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+            write_outputs(spec, model, out)
 
 
 def _torchrun_rounds(
-    model: nn.Module, data: Any, shards: list[torch.Tensor], cfg: FedAvgConfig, *, seed: int, device: str
+    model: nn.Module, data: DataSplits, shards: list[torch.Tensor], cfg: FedAvgConfig, *, seed: int, device: str
 ) -> dict[str, Any]:
-    processes = cfg.processes or cfg.clients
-    with tempfile.TemporaryDirectory(prefix="bench-fedavg-") as tmp:
-        work = Path(tmp)
-        spec = {
-            "kind": "fedavg",
-            "config": dataclasses.asdict(cfg),
-            "seed": seed,
-            "device": device,
-            "backend": "gloo",  # the updates are summed on the CPU, whatever device the clients train on
-            "model": str(work / "model.pt"),
-            "data": str(work / "data.pt"),
-            "state": str(work / "state.pt"),
-            "result": str(work / "result.json"),
-        }
-        torch.save(model.cpu(), spec["model"])
-        blob = {
-            "x": data.x_train.cpu(),
-            "y": data.y_train.cpu(),
-            "shards": shards,
-            "name": data.name,
-            "num_classes": data.num_classes,
-            "in_shape": list(data.in_shape),
-            "mean": list(data.mean),
-            "std": list(data.std),
-        }
-        torch.save(blob, spec["data"])
-        torchrun(processes, spec, work, what="fedavg", timeout_s=cfg.timeout_s)
-        model.load_state_dict(torch.load(spec["state"], map_location="cpu", weights_only=True))
-        return json.loads(Path(spec["result"]).read_text())
+    blob = {
+        "x": data.x_train.cpu(),
+        "y": data.y_train.cpu(),
+        "shards": shards,
+        "name": data.name,
+        "num_classes": data.num_classes,
+        "in_shape": list(data.in_shape),
+        "mean": list(data.mean),
+        "std": list(data.std),
+    }
+    return run_workers(
+        f"{__name__}:fedavg_worker",
+        cfg.processes or cfg.clients,
+        model,
+        blob,
+        cfg,
+        seed=seed,
+        device=device,
+        backend="gloo",  # the updates are summed on the CPU, whatever device the clients train on
+        what="fedavg",
+        timeout_s=cfg.timeout_s,
+    )
 
 
 # --- the recipe ----------------------------------------------------------------------------------------------------
 
 
-@RECIPES.register("fedavg", config=FedAvgConfig)
-def fedavg(model: nn.Module, data: Any, cfg: FedAvgConfig, *, seed: int, device: str) -> TrainCost:
+@RECIPES.register("fedavg", config=FedAvgConfig, launches_workers=True)
+def fedavg(model: nn.Module, data: DataSplits, cfg: FedAvgConfig, *, seed: int, device: str) -> TrainCost:
     """Federated Averaging over `clients` shards of the train split (McMahan et al. 2017)."""
     start = time.perf_counter()
     shards = client_shards(data.y_train, cfg.clients, cfg.split, cfg.dirichlet_alpha, seed, data.num_classes)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from torch import nn
 
 from bench.recipes import RECIPES
 from bench.training import OptimConfig, TrainCost, fit
+from bench.types import DataSplits
 
 
 @dataclasses.dataclass
@@ -17,7 +17,7 @@ class StandardConfig(OptimConfig):
 
 
 @RECIPES.register("standard", config=StandardConfig)
-def standard(model: nn.Module, data: Any, cfg: StandardConfig, *, seed: int, device: str) -> TrainCost:
+def standard(model: nn.Module, data: DataSplits, cfg: StandardConfig, *, seed: int, device: str) -> TrainCost:
     """Cross-entropy on the train split."""
     return fit(model, data.x_train, data.y_train, cfg, seed=seed, device=device)
 
@@ -28,6 +28,6 @@ class NoTrainingConfig:
 
 
 @RECIPES.register("none", config=NoTrainingConfig)
-def no_training(model: nn.Module, data: Any, cfg: NoTrainingConfig, *, seed: int, device: str) -> TrainCost:
+def no_training(model: nn.Module, data: DataSplits, cfg: NoTrainingConfig, *, seed: int, device: str) -> TrainCost:
     """No training: evaluate the model as built or loaded from its checkpoint."""
     return TrainCost(0.0, 0, 0, 0.0, float("nan"))
