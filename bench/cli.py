@@ -148,7 +148,7 @@ def _cmd_crosscheck(args: argparse.Namespace) -> int:
     from bench.results import load_run
 
     run = load_run(args.run_dir)
-    batches = sorted({b for r in run.records for b in (r.get("latency_ms") or {})}, key=int)
+    batches = sorted({b for r in run.records for b in (r.latency_ms or {})}, key=int)
     if not batches:
         raise BenchInputError("no cell of this run has a latency to compare", file=str(args.run_dir))
     batch = str(args.batch) if args.batch else batches[-1]
@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.jit / torch.ao notices: deprecated, still used
+    # torch.jit / torch.ao notices: deprecated upstream, still used behind their plugins
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         return COMMANDS[args.command](args)
     except BenchInputError as exc:

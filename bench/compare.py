@@ -6,41 +6,46 @@ of clean or robust accuracy beyond `accuracy_threshold` (absolute). Sizes are re
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.record import CellRecord
+    from bench.results import Run
 
 
-def _p50(record: dict[str, Any], batch: str) -> float | None:
-    return ((record.get("latency_ms") or {}).get(batch) or {}).get("p50")
+def _p50(record: CellRecord, batch: str) -> float | None:
+    stats = (record.latency_ms or {}).get(batch)
+    return stats.p50 if stats else None
 
 
 def compare_runs(
-    baseline: Any, candidate: Any, latency_threshold: float, accuracy_threshold: float
+    baseline: Run, candidate: Run, latency_threshold: float, accuracy_threshold: float
 ) -> list[dict[str, Any]]:
-    base = {r["cell_id"]: r for r in baseline.records if r.get("status") == "ok"}
+    base = {r.cell_id: r for r in baseline.records if r.status == "ok"}
     rows = []
     for cand in candidate.records:
-        old = base.get(cand["cell_id"])
-        if old is None or cand.get("status") != "ok":
+        old = base.get(cand.cell_id)
+        if old is None or cand.status != "ok":
             continue
         problems = []
         for metric in ("clean_accuracy", "robust_accuracy"):
-            before, after = old.get(metric), cand.get(metric)
+            before, after = getattr(old, metric), getattr(cand, metric)
             if before is not None and after is not None and before - after > accuracy_threshold:
                 problems.append(f"{metric} {before:.3f} -> {after:.3f}")
         latency = {}
-        for batch in sorted(set(old.get("latency_ms") or {}) & set(cand.get("latency_ms") or {}), key=int):
+        for batch in sorted(set(old.latency_ms or {}) & set(cand.latency_ms or {}), key=int):
             before, after = _p50(old, batch), _p50(cand, batch)
-            ratio = after / before if before else None
+            ratio = after / before if before and after is not None else None
             latency[batch] = ratio
             if ratio is not None and ratio > 1 + latency_threshold:
                 problems.append(f"p50 latency at batch {batch} x{ratio:.2f}")
         rows.append(
             {
-                "cell_id": cand["cell_id"],
-                "clean_accuracy": (old.get("clean_accuracy"), cand.get("clean_accuracy")),
-                "robust_accuracy": (old.get("robust_accuracy"), cand.get("robust_accuracy")),
+                "cell_id": cand.cell_id,
+                "clean_accuracy": (old.clean_accuracy, cand.clean_accuracy),
+                "robust_accuracy": (old.robust_accuracy, cand.robust_accuracy),
                 "latency_ratio": latency,
-                "size": (old.get("model_size_bytes"), cand.get("model_size_bytes")),
+                "size": (old.model_size_bytes, cand.model_size_bytes),
                 "regression": bool(problems),
                 "problems": problems,
             }

@@ -1,7 +1,9 @@
 """Reading a run directory back: `bench.load_run(run_dir)` so a user can re-check any number.
 
 run = bench.load_run("results/default-20261121-120000")
-run.cells                     # pandas DataFrame, one row per cell record
+run.records                   # list of bench.record.CellRecord, in the order the cells ran
+run.cells                     # pandas DataFrame, one row per cell record (its JSON form)
+run.record(cell_id)           # one CellRecord
 run.model(cell_id)            # the evaluated model (nn.Module, eval mode, [0, 1] pixels in)
 run.artifact(cell_id)         # the deployed artifact's path
 run.eval_data(cell_id)        # the (x, y) tensors the cell was scored on
@@ -10,13 +12,20 @@ run.eval_data(cell_id)        # the (x, y) tensors the cell was scored on
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from bench import jsonl
 from bench.errors import BenchInputError
+from bench.record import SCHEMA_VERSION, ArtifactInfo, CellRecord, read_records
+
+if TYPE_CHECKING:
+    from torch import nn
+
+log = logging.getLogger(__name__)
 
 RUN_FILE, CELLS_FILE, STAGES_FILE = "run.json", "cells.jsonl", "stages.jsonl"
 
@@ -25,44 +34,72 @@ class Run:
     def __init__(self, run_dir: Path) -> None:
         self.dir = Path(run_dir)
         self.meta: dict[str, Any] = json.loads((self.dir / RUN_FILE).read_text())
-        self.records: list[dict[str, Any]] = jsonl.read(self.dir / CELLS_FILE)
+        if self.schema_version > SCHEMA_VERSION:
+            log.warning(
+                "%s was written by a newer bench (schema %d > %d)", self.dir, self.schema_version, SCHEMA_VERSION
+            )
+        self.records: list[CellRecord] = read_records(self.dir / CELLS_FILE)
         self.cache_dir = Path(self.meta["cache_dir"])
 
     @property
+    def schema_version(self) -> int:
+        """The run directory's format version; 1 for a run written before run.json recorded one."""
+        return int(self.meta.get("schema_version", 1))
+
+    @property
     def cells(self) -> pd.DataFrame:
-        return pd.DataFrame(self.records)
+        return pd.DataFrame([record.to_json() for record in self.records])
 
     @property
     def stages(self) -> pd.DataFrame:
         return pd.DataFrame(jsonl.read(self.dir / STAGES_FILE))
 
-    def record(self, cell_id: str) -> dict[str, Any]:
+    def record(self, cell_id: str) -> CellRecord:
         for record in self.records:
-            if record["cell_id"] == cell_id:
+            if record.cell_id == cell_id:
                 return record
-        raise KeyError(f"no cell '{cell_id}' in {self.dir}; cells: {', '.join(r['cell_id'] for r in self.records)}")
+        ids = ", ".join(str(r.cell_id) for r in self.records)
+        raise KeyError(f"no cell '{cell_id}' in {self.dir}; cells: {ids}")
 
     def _stage_dir(self, cell_id: str, kind: str) -> Path:
         record = self.record(cell_id)
-        if record.get("status") != "ok":
-            raise ValueError(f"cell '{cell_id}' is {record.get('status')}: it has no {kind} stage")
-        return self.cache_dir / kind / record["stages"][kind]
+        if record.status != "ok" or not record.stages:
+            raise ValueError(f"cell '{cell_id}' is {record.status}: it has no {kind} stage")
+        return self.cache_dir / kind / record.stages[kind]
 
-    def model(self, cell_id: str):
+    def _artifact_info(self, cell_id: str) -> ArtifactInfo:
+        artifact = self.record(cell_id).artifact
+        if artifact is None or artifact.path is None:
+            raise ValueError(f"cell '{cell_id}' has no artifact")
+        return artifact
+
+    def model(self, cell_id: str) -> nn.Module:
         """The evaluated model as an nn.Module in eval mode taking [0, 1] pixels.
 
-        For an eager or TorchScript cell this is the deployed module itself (INT8 included); for ONNX Runtime,
-        which runs no nn.Module, it is the artifact's float eager twin (the compressed model before export).
+        The artifact is opened the way its runtime said at export (`Exported.session`); when that session holds a
+        module (eager and TorchScript artifacts, INT8 included) this is the deployed module itself; otherwise (ONNX
+        Runtime runs no nn.Module) it is the artifact's float eager twin (the compressed model before export).
         """
-        from bench.runtimes.eager import load_torch_artifact
+        import warnings
 
-        fmt = self.record(cell_id)["artifact"]["format"]
-        if fmt in ("torch", "torchscript"):
-            return load_torch_artifact(self.artifact(cell_id), fmt, "cpu")
-        return load_torch_artifact(self._stage_dir(cell_id, "compress") / "model.pt", "torch", "cpu")
+        import torch
+
+        from bench.measure.sessions import open_session
+
+        info = self._artifact_info(cell_id)
+        export_meta = json.loads((self._stage_dir(cell_id, "export") / "meta.json").read_text())
+        opener = export_meta["exported"].get("session")  # absent in caches written before openers were named
+        if opener:
+            session = open_session(opener, self.artifact(cell_id), "cpu", sha256=info.sha256)
+            if session.eager_module is not None:
+                return session.eager_module.eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.load's TypedStorage notice on pickled modules
+            twin = torch.load(self._stage_dir(cell_id, "compress") / "model.pt", map_location="cpu", weights_only=False)
+        return twin.eval()
 
     def artifact(self, cell_id: str) -> Path:
-        return Path(self.record(cell_id)["artifact"]["path"])
+        return Path(str(self._artifact_info(cell_id).path))
 
     def eval_data(self, cell_id: str):
         import torch

@@ -1,5 +1,8 @@
 """Run a suite: every cell through the cached stages, one record per cell appended to cells.jsonl.
 
+The stages come from bench.pipeline, the record is assembled by bench.assemble (a bench.record.CellRecord), and
+the FP32 parity check is bench.parity's (re-exported here: `from bench.runner import check_parity` still works).
+
 A cell that raises is recorded as failed with its traceback and the run goes on; a skipped cell is recorded with
 its reason. `resume=True` continues a run directory: cells already recorded are not run again and cached stages
 are not recomputed.
@@ -11,7 +14,6 @@ import datetime as dt
 import logging
 import os
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +21,16 @@ import torch
 from tqdm import tqdm
 
 from bench import jsonl
+from bench.assemble import CellStages, failed_record, identity_record, ok_record, skipped_record
 from bench.cache import StageCache
-from bench.checks import budget_verdict, compression_checks
 from bench.env import environment
 from bench.errors import BenchInputError
 from bench.invariants import run_invariants
 from bench.matrix import Cell, build_cells, select_shard
+from bench.parity import check_parity
 from bench.pipeline import Pipeline, is_baseline
-from bench.suite import AXES, Suite
+from bench.record import SCHEMA_VERSION, read_records
+from bench.suite import Suite
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +54,9 @@ def default_run_dir(suite: Suite, root: Path = Path("results")) -> Path:
     return root / f"{suite.name}-{stamp}"
 
 
-def cell_record(cell: Cell, pipeline: Pipeline) -> dict[str, Any]:
-    """Run the stages of one cell and assemble its record (DESIGN.md section 5)."""
+def run_stages(cell: Cell, pipeline: Pipeline) -> CellStages:
+    """Run (or take from the cache) the stages of one cell, in the order that keys and logs them, then check FP32
+    parity: a runtime that computes another model's outputs fails the cell."""
     data = pipeline.data(cell.dataset)
     trained = pipeline.train(cell, data)
     compressed = pipeline.compress(cell, data, trained)
@@ -61,93 +66,7 @@ def cell_record(cell: Cell, pipeline: Pipeline) -> dict[str, Any]:
     baseline = pipeline.baseline(cell, data, trained) if not is_baseline(cell) else evaluated
     if not compressed.meta.get("lowering"):
         check_parity(cell, evaluated.meta["agreement"])
-
-    m = measured.meta["result"]
-    ev = evaluated.meta
-    export_meta = exported.meta["exported"]["meta"]
-    quantize_s = export_meta.get("quantize_s", 0.0)
-    latency = {
-        b: {k: v for k, v in stats.items() if k not in ("warmup_s", "timer")} for b, stats in m["latency_ms"].items()
-    }
-    record = {
-        "status": "ok",
-        "clean_accuracy": ev["clean_accuracy"],
-        "robust_accuracy": ev["robust_accuracy"],
-        "threat_model": ev["threat_model"],
-        "surrogate": ev["surrogate"],
-        "n_eval": ev["n_eval"],
-        "latency_ms": latency,
-        "throughput_sps": m["throughput_sps"],
-        "peak_memory_mb": m["peak_rss_mb"],
-        "model_size_bytes": exported.meta["size_bytes"],
-        "params": compressed.meta["params"],
-        "macs": compressed.meta["macs"],
-        "costs": {
-            "train_s": trained.meta["cost"]["seconds"],
-            # quantization (calibration + conversion) happens at export but is the compression's cost
-            "compress_s": compressed.meta["compress_s"] + quantize_s,
-            "export_s": exported.meta["seconds"] - quantize_s,
-            "measure_s": measured.meta["seconds"],
-            "attack_s": ev["attack_s"],
-            "eval_s": ev["eval_s"],
-        },
-        "attack_success_rate": ev.get("attack_success_rate"),
-        "eps": ev.get("eps"),
-        "norm": ev.get("norm"),
-        "components": ev.get("components"),  # worst_case: each member's robust accuracy and threat model
-        "queries": ev.get("queries"),  # query attacks: queries per attacked sample
-        "agreement": ev["agreement"],
-        "checks": ev["checks"]
-        | compression_checks(compressed.meta["steps"], compressed.meta.get("lowering"), export_meta),
-        "baseline": {
-            "cell": "compression none, runtime eager",
-            "clean_accuracy": baseline.meta["clean_accuracy"],
-            "robust_accuracy": baseline.meta["robust_accuracy"],
-        },
-        "measurement": {
-            "profile": measured.meta["profile"],
-            "threads": measured.meta["threads"],
-            "load_s": m["load_s"],
-            "first_call_ms": m["first_call_ms"],
-            "baseline_rss_mb": m["baseline_rss_mb"],
-            "inference_rss_delta_mb": m["inference_rss_delta_mb"],
-            "peak_gpu_mb": m.get("peak_gpu_mb"),
-        },
-        "training": trained.meta["cost"] | {"peak_memory_mb": trained.meta["peak_memory_mb"]},
-        "compression_steps": compressed.meta["steps"],
-        "lowering": export_meta if compressed.meta.get("lowering") else None,
-        "artifact": {
-            "format": exported.meta["exported"]["format"],
-            "files": exported.meta["files"],
-            "sha256": exported.meta["sha256"],
-            "path": str(exported.path / exported.meta["exported"]["main_file"]),
-        },
-        "stages": {s.kind: s.key for s in (data, trained, compressed, exported, measured, evaluated)},
-    }
-    record["budget"] = budget_verdict(record, record["baseline"], pipeline.suite.evaluation.budget)
-    return record
-
-
-PARITY_MAX_ABS_DIFF = 1e-3  # logits of an FP32 runtime against the eager model it was exported from
-PARITY_MIN_AGREEMENT = 0.99
-
-
-def check_parity(cell: Cell, agreement: dict[str, float]) -> None:
-    """An FP32 runtime must compute what the eager model computes; otherwise its numbers describe another model."""
-    diff, top1 = agreement["max_abs_logit_diff"], agreement["top1_agreement"]
-    if diff > PARITY_MAX_ABS_DIFF or top1 < PARITY_MIN_AGREEMENT:
-        raise RuntimeError(
-            f"{cell.runtime.label} disagrees with the FP32 eager model: max |logit difference| {diff:.2e} "
-            f"(tolerance {PARITY_MAX_ABS_DIFF:g}), top-1 agreement {top1:.2%} (at least {PARITY_MIN_AGREEMENT:.0%})"
-        )
-
-
-def _base_record(cell: Cell, suite: Suite, device: str) -> dict[str, Any]:
-    record: dict[str, Any] = {"cell_id": cell.cell_id}
-    record.update({axis: cell.choice(axis).record() for axis in AXES})
-    record["labels"] = {axis: cell.choice(axis).label for axis in ("dataset", *AXES)}
-    record.update(status=None, reason=None, error=None, dataset=cell.dataset.record(), seed=suite.seed, device=device)
-    return record
+    return CellStages(data, trained, compressed, exported, measured, evaluated, baseline)
 
 
 def run_suite(
@@ -181,9 +100,10 @@ def run_suite(
     run_dir.mkdir(parents=True, exist_ok=True)
     jsonl.repair(cells_path)  # a run killed mid-write leaves a torn last line
     jsonl.repair(run_dir / STAGES_FILE)
-    done = {r["cell_id"] for r in jsonl.read(cells_path)}
+    done = {r.cell_id for r in read_records(cells_path)}
     previous = jsonl_read_json(run_dir / RUN_FILE) if resume else {}
     run_meta: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
         "name": suite.name,
         "suite_file": suite.file,
         "suite": suite.resolved(),
@@ -213,19 +133,19 @@ def run_suite(
     try:
         for cell in todo:
             bar.set_postfix_str(cell.cell_id, refresh=True)
-            record = _base_record(cell, suite, device)
+            record = identity_record(cell, suite.seed, device)
             start = time.perf_counter()
             if cell.skip_reason:
-                record.update(status="skipped", reason=cell.skip_reason)
+                record = skipped_record(record, cell.skip_reason)
             else:
                 pipeline.current_cell = cell.cell_id
                 try:
-                    record.update(cell_record(cell, pipeline))
+                    record = ok_record(record, run_stages(cell, pipeline), suite.evaluation.budget)
                 except Exception as exc:  # a failing cell is recorded, and the run goes on
                     log.warning("cell %s failed: %s", cell.cell_id, exc)
-                    record.update(status="failed", error="".join(traceback.format_exception(exc)).strip())
-            record["wall_s"] = time.perf_counter() - start
-            jsonl.append(cells_path, record)
+                    record = failed_record(record, exc)
+            record.wall_s = time.perf_counter() - start
+            jsonl.append(cells_path, record.to_json())
             bar.update(1)
     except KeyboardInterrupt:
         run_meta.update(status="interrupted", interrupted_at=_now())
@@ -233,9 +153,10 @@ def run_suite(
         raise
     finally:
         bar.close()
-    records = jsonl.read(cells_path)
-    counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed")}
-    run_meta.update(status="complete", finished_at=_now(), counts=counts, invariants=run_invariants(records))
+    records = read_records(cells_path)
+    counts = {s: sum(r.status == s for r in records) for s in ("ok", "skipped", "failed")}
+    invariants = run_invariants([r.to_json() for r in records])  # bench.invariants reads JSON records
+    run_meta.update(status="complete", finished_at=_now(), counts=counts, invariants=invariants)
     jsonl.write_json_atomic(run_dir / RUN_FILE, run_meta)
     return run_meta
 

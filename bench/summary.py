@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from bench.record import CellRecord
 
 
 def _pct(value: float | None) -> str:
@@ -19,24 +19,23 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-def summary_table(records: list[dict[str, Any]]) -> str:
+def summary_table(records: list[CellRecord]) -> str:
     header = ("cell", "status", "clean", "robust", "threat", "p50 b1 ms", "size")
     rows = []
     for r in records:
-        latency = (r.get("latency_ms") or {}).get("1", {})
-        status = r["status"]
+        latency = (r.latency_ms or {}).get("1")
         rows.append(
             (
-                r["cell_id"],
-                status,
-                _pct(r.get("clean_accuracy")),
-                _pct(r.get("robust_accuracy")),
-                r.get("threat_model") or "-",
-                f"{latency['p50']:.3f}" if "p50" in latency else "-",
-                _size(r.get("model_size_bytes")),
+                r.cell_id,
+                r.status,
+                _pct(r.clean_accuracy),
+                _pct(r.robust_accuracy),
+                r.threat_model or "-",
+                f"{latency.p50:.3f}" if latency and latency.p50 is not None else "-",
+                _size(r.model_size_bytes),
             )
         )
-    reasons = sorted({r["reason"] for r in records if r["status"] == "skipped"})
+    reasons = sorted({r.reason for r in records if r.status == "skipped" and r.reason})
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)) for row in (header, *rows)]
     lines += [f"skipped: {reason}" for reason in reasons]

@@ -169,13 +169,13 @@ def test_load_run_lets_a_user_recheck_numbers(smoke_run):
         assert not model.training
         with torch.no_grad():
             acc = int((model(x).argmax(1) == y).sum()) / len(y)
-        assert math.isclose(acc, run.record(cell_id)["clean_accuracy"], abs_tol=1e-9)
+        assert math.isclose(acc, run.record(cell_id).clean_accuracy, abs_tol=1e-9)
     cell_id = "simple_cnn/standard/int8/onnxruntime/none"
     session = ort.InferenceSession(str(run.artifact(cell_id)), providers=["CPUExecutionProvider"])
     x, y = run.eval_data(cell_id)
     logits = session.run(None, {session.get_inputs()[0].name: x.numpy().astype(np.float32)})[0]
     acc = int((logits.argmax(1) == y.numpy()).sum()) / len(y)
-    assert math.isclose(acc, run.record(cell_id)["clean_accuracy"], abs_tol=1e-9)
+    assert math.isclose(acc, run.record(cell_id).clean_accuracy, abs_tol=1e-9)
 
 
 def test_summary_printed(tmp_path, capsys):

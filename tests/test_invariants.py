@@ -53,7 +53,9 @@ def test_robust_rising_with_eps_or_steps_is_flagged():
 
 
 def test_pgd_weaker_than_fgsm_and_masking_and_unbounded():
-    assert checks([rec("fgsm", 0.3, eps=0.1), rec("pgd", 0.5, eps=0.1, steps=10)]) == ["iterative attack weaker than single-step"]
+    assert checks([rec("fgsm", 0.3, eps=0.1), rec("pgd", 0.5, eps=0.1, steps=10)]) == [
+        "iterative attack weaker than single-step"
+    ]
     found = checks([rec("pgd", 0.9, eps=0.1, steps=10), rec("square", 0.6, eps=0.1, queries=1000)])
     assert found == ["possible gradient masking: query attack beats gradient attacks"]
     assert checks([rec("pgd", 0.2, eps=1.0, steps=10)]) == ["unbounded attack leaves robust samples"]

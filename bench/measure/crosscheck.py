@@ -12,8 +12,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from bench.record import CellRecord
+
+BARE_FORMATS = ("onnx", "torch", "torchscript")  # the formats BARE_LOOP opens
 BARE_LOOP = r"""
 import json, statistics, sys, time
 import numpy as np
@@ -56,30 +60,40 @@ def bare_p50(fmt: str, path: Path, batch: int, shape: list[int], threads: int, s
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def crosscheck(records: list[dict[str, Any]], cache_dir: Path, batch: str, seconds: float) -> list[dict[str, Any]]:
-    """One row per distinct artifact with a recorded p50 at `batch`: harness p50, bare p50, their ratio."""
+def crosscheck(records: list[CellRecord], cache_dir: Path, batch: str, seconds: float) -> list[dict[str, Any]]:
+    """One row per distinct artifact with a recorded p50 at `batch`: harness p50, bare p50, their ratio.
+
+    The bare loops are written here, independently of the harness's sessions, for the formats they know; an
+    artifact of another format (a plugin's) is listed without a bare figure."""
     rows, seen = [], set()
     for r in records:
-        artifact = r.get("artifact") or {}
-        stats = (r.get("latency_ms") or {}).get(batch)
-        if r.get("status") != "ok" or not stats or artifact.get("path") in seen:
+        stats = (r.latency_ms or {}).get(batch)
+        if r.status != "ok" or not stats or r.artifact is None or r.artifact.path in seen:
             continue
-        seen.add(artifact["path"])
-        threads = (r.get("measurement") or {}).get("threads") or 1
+        seen.add(r.artifact.path)
+        labels = r.labels or {}
+        row: dict[str, Any] = {
+            "artifact": "/".join(str(labels.get(k)) for k in ("model", "recipe", "compression", "runtime")),
+            "format": r.artifact.format,
+            "harness_p50_ms": stats.p50,
+            "bare_p50_ms": None,
+            "ratio": float("nan"),
+            "bare_n": 0,
+            "seconds": 0.0,
+        }
+        rows.append(row)
+        if r.artifact.format not in BARE_FORMATS:
+            continue
+        threads = (r.measurement.threads if r.measurement else None) or 1
         start = time.perf_counter()
-        data_meta = cache_dir / "data" / r["stages"]["data"] / "meta.json"
+        data_meta = cache_dir / "data" / (r.stages or {})["data"] / "meta.json"
         in_shape = json.loads(data_meta.read_text())["in_shape"]
-        bare = bare_p50(artifact["format"], Path(artifact["path"]), int(batch), in_shape, threads, seconds)
-        rows.append(
-            {
-                "artifact": "/".join(r["labels"][k] for k in ("model", "recipe", "compression", "runtime")),
-                "format": artifact["format"],
-                "harness_p50_ms": stats["p50"],
-                "bare_p50_ms": bare["p50"],
-                "ratio": stats["p50"] / bare["p50"] if bare["p50"] else float("nan"),
-                "bare_n": bare["n"],
-                "seconds": time.perf_counter() - start,
-            }
+        bare = bare_p50(r.artifact.format, Path(r.artifact.path), int(batch), in_shape, threads, seconds)
+        row.update(
+            bare_p50_ms=bare["p50"],
+            ratio=stats.p50 / bare["p50"] if bare["p50"] and stats.p50 else float("nan"),
+            bare_n=bare["n"],
+            seconds=time.perf_counter() - start,
         )
     return rows
 
@@ -91,9 +105,11 @@ def format_rows(rows: list[dict[str, Any]], batch: str) -> str:
     lines = [f"{'artifact':<{width}}  harness p50  bare p50  harness/bare   (batch {batch})"]
     lines += [
         f"{r['artifact']:<{width}}  {r['harness_p50_ms']:9.3f} ms {r['bare_p50_ms']:7.3f} ms  {r['ratio']:.2f}"
+        if r["bare_p50_ms"] is not None
+        else f"{r['artifact']:<{width}}  {r['harness_p50_ms']:9.3f} ms  (no bare loop for format {r['format']})"
         for r in rows
     ]
-    ratios = [r["ratio"] for r in rows]
+    ratios = [r["ratio"] for r in rows if r["bare_p50_ms"] is not None] or [float("nan")]
     lines.append(
         f"{len(rows)} artifacts; median ratio {statistics.median(ratios):.2f}, "
         f"range {min(ratios):.2f}-{max(ratios):.2f}"

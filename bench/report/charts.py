@@ -13,9 +13,10 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from bench.record import CellRecord
 from bench.report.data import cell_id, config_key, cost, label, num, p50
 
-Point = tuple[str, dict[str, Any]]
+Point = tuple[str, CellRecord]
 
 SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "hexagon", "pentagon")
 LAYOUT = dict(template="plotly_white", height=440, margin=dict(l=60, r=20, t=50, b=60), legend=dict(font_size=11))
@@ -47,8 +48,8 @@ def _styles(points: list[Point]) -> tuple[dict[str, str], dict[str, str]]:
 
 def _scatter(
     points: list[Point],
-    x_of: Callable[[dict[str, Any]], float | None],
-    y_of: Callable[[dict[str, Any]], float | None],
+    x_of: Callable[[CellRecord], float | None],
+    y_of: Callable[[CellRecord], float | None],
     suffix: str = "",
     hover: str = "",
 ) -> list[go.Scatter]:
@@ -79,24 +80,24 @@ def _scatter(
     return traces
 
 
-def _clean(cell: dict[str, Any]) -> float | None:
-    return num(cell.get("clean_accuracy"))
+def _clean(cell: CellRecord) -> float | None:
+    return num(cell.clean_accuracy)
 
 
-def _robust(cell: dict[str, Any]) -> float | None:
-    return num(cell.get("robust_accuracy"))
+def _robust(cell: CellRecord) -> float | None:
+    return num(cell.robust_accuracy)
 
 
-def _p50_b1(cell: dict[str, Any]) -> float | None:
+def _p50_b1(cell: CellRecord) -> float | None:
     return p50(cell, 1)[0]
 
 
-def _size_mb(cell: dict[str, Any]) -> float | None:
-    size = num(cell.get("model_size_bytes"))
+def _size_mb(cell: CellRecord) -> float | None:
+    size = num(cell.model_size_bytes)
     return None if size is None else size / 1e6
 
 
-def _build_s(cell: dict[str, Any]) -> float | None:
+def _build_s(cell: CellRecord) -> float | None:
     return cost(cell, "train_s", "compress_s")
 
 
@@ -173,7 +174,7 @@ def eps_curves(points: list[Point]) -> go.Figure | None:
     """Robust accuracy against eps, one line per (artifact, attack with its other parameters): the eps sweep."""
     curves: dict[str, list[tuple[float, float]]] = {}
     for tag, cell in points:
-        attack = cell.get("attack") if isinstance(cell.get("attack"), dict) else {}
+        attack = cell.attack or {}
         eps, robust = num(attack.get("eps")), _robust(cell)
         if eps is None or robust is None:
             continue

@@ -1,7 +1,8 @@
 """Loading run directories and reading cell fields defensively.
 
-A run may still be in progress or may have been killed, so every field of a cell can be missing, null or of the
-wrong type; the accessors here turn all of that into None instead of raising.
+A run may still be in progress or may have been killed, and a record may come from an older or hand-edited file,
+so any field of a cell can be missing or null (bench.record keeps a value of the wrong type out of the typed
+fields); the accessors here turn all of that, and non-finite numbers, into None instead of raising.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import jsonl
+from bench.record import CellRecord, LatencyStats, read_records
 
 # The axes a cell id is built from, in order; also the keys of a cell's "labels".
 AXES = ("model", "recipe", "compression", "runtime", "attack")
@@ -25,7 +26,7 @@ class Run:
 
     path: Path
     meta: dict[str, Any]
-    cells: list[dict[str, Any]] = field(default_factory=list)
+    cells: list[CellRecord] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -36,9 +37,8 @@ class Run:
         # and so are missing or stale while a run is in progress.
         counts = {"ok": 0, "skipped": 0, "failed": 0}
         for cell in self.cells:
-            status = cell.get("status")
-            if status in counts:
-                counts[status] += 1
+            if cell.status in counts:
+                counts[cell.status] += 1
         return counts
 
 
@@ -48,7 +48,7 @@ def load_run(run_dir: Path) -> Run:
     # A run killed before (or while) writing run.json still gets a report of its cells.
     with contextlib.suppress(OSError, json.JSONDecodeError):
         meta = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    cells = [c for c in jsonl.read(run_dir / "cells.jsonl") if isinstance(c, dict)]
+    cells = read_records(run_dir / "cells.jsonl")
     return Run(path=run_dir, meta=meta if isinstance(meta, dict) else {}, cells=cells)
 
 
@@ -60,23 +60,14 @@ def num(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def sub(cell: dict[str, Any], *keys: str) -> Any:
-    """cell[k1][k2]... or None when any level is missing or not a dict."""
-    node: Any = cell
-    for key in keys:
-        if not isinstance(node, dict):
-            return None
-        node = node.get(key)
-    return node
+def cell_id(cell: CellRecord) -> str:
+    return str(cell.cell_id or "?")
 
 
-def cell_id(cell: dict[str, Any]) -> str:
-    return str(cell.get("cell_id") or "?")
-
-
-def label(cell: dict[str, Any], axis: str) -> str:
+def label(cell: CellRecord, axis: str) -> str:
     """The human label of one axis: from "labels", else the axis' "name", else the cell id's part."""
-    value = sub(cell, "labels", axis) or sub(cell, axis, "name")
+    entry = getattr(cell, axis)
+    value = (cell.labels or {}).get(axis) or (entry.get("name") if isinstance(entry, dict) else None)
     if value:
         return str(value)
     parts = cell_id(cell).split("/")
@@ -84,25 +75,23 @@ def label(cell: dict[str, Any], axis: str) -> str:
     return parts[index] if len(parts) == len(AXES) else "?"
 
 
-def config_key(cell: dict[str, Any]) -> str:
+def config_key(cell: CellRecord) -> str:
     """model/recipe/compression/runtime: the cells that differ only by attack share one clean accuracy."""
     return "/".join(label(cell, axis) for axis in AXES[:-1])
 
 
-def latency_batches(cell: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """latency_ms keyed by integer batch size, skipping keys that are not integers or entries not dicts."""
+def latency_batches(cell: CellRecord) -> dict[int, LatencyStats]:
+    """latency_ms keyed by integer batch size, skipping keys that are not integers."""
     batches = {}
-    latency = cell.get("latency_ms")
-    if isinstance(latency, dict):
-        for key, stats in latency.items():
-            try:
-                batches[int(key)] = stats
-            except (TypeError, ValueError):
-                continue
-    return {b: s for b, s in batches.items() if isinstance(s, dict)}
+    for key, stats in (cell.latency_ms or {}).items():
+        try:
+            batches[int(key)] = stats
+        except (TypeError, ValueError):
+            continue
+    return batches
 
 
-def p50(cell: dict[str, Any], batch: int | None = 1) -> tuple[float | None, int | None, bool]:
+def p50(cell: CellRecord, batch: int | None = 1) -> tuple[float | None, int | None, bool]:
     """(p50 ms, batch, insufficient) at `batch`, or at the largest measured batch when `batch` is None."""
     batches = latency_batches(cell)
     if not batches:
@@ -112,19 +101,18 @@ def p50(cell: dict[str, Any], batch: int | None = 1) -> tuple[float | None, int 
     stats = batches.get(batch)
     if stats is None:
         return None, None, False
-    insufficient = stats.get("insufficient")
-    return num(stats.get("p50")), batch, isinstance(insufficient, list) and "p50" in insufficient
+    return num(stats.p50), batch, "p50" in (stats.insufficient or [])
 
 
-def cost(cell: dict[str, Any], *names: str) -> float | None:
+def cost(cell: CellRecord, *names: str) -> float | None:
     """Sum of the named costs (all costs when none are named); None when none of them is known."""
-    costs = cell.get("costs")
-    if not isinstance(costs, dict):
+    if cell.costs is None:
         return None
+    costs = cell.costs.to_json()  # every cost, those a newer or older record has beside the known ones included
     values = [num(costs.get(n)) for n in (names or costs.keys())]
     known = [v for v in values if v is not None]
     return sum(known) if known else None
 
 
-def ok_cells(runs: list[Run]) -> list[tuple[Run, dict[str, Any]]]:
-    return [(run, cell) for run in runs for cell in run.cells if cell.get("status") == "ok"]
+def ok_cells(runs: list[Run]) -> list[tuple[Run, CellRecord]]:
+    return [(run, cell) for run in runs for cell in run.cells if cell.status == "ok"]

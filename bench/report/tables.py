@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from bench.record import CellRecord
 from bench.report.data import Run, cell_id, cost, num, p50
 
 Td = dict[str, Any]
@@ -59,7 +60,7 @@ def last_line(text: Any) -> str:
     return lines[-1] if lines else ""
 
 
-def _latency_td(cell: dict[str, Any], batch: int | None) -> Td:
+def _latency_td(cell: CellRecord, batch: int | None) -> Td:
     value, used, insufficient = p50(cell, batch)
     text = ms(value)
     if text is not None and batch is None:
@@ -78,10 +79,10 @@ def matrix(runs: list[Run], tags: list[str]) -> tuple[list[str], list[Row]]:
     rows = []
     for run, tag in zip(runs, tags, strict=True):
         for cell in run.cells:
-            status = str(cell.get("status") or "unknown")
-            clean, robust = num(cell.get("clean_accuracy")), num(cell.get("robust_accuracy"))
-            throughput, memory = num(cell.get("throughput_sps")), num(cell.get("peak_memory_mb"))
-            size, params, macs = (num(cell.get(k)) for k in ("model_size_bytes", "params", "macs"))
+            status = str(cell.status or "unknown")
+            clean, robust = num(cell.clean_accuracy), num(cell.robust_accuracy)
+            throughput, memory = num(cell.throughput_sps), num(cell.peak_memory_mb)
+            size, params, macs = num(cell.model_size_bytes), num(cell.params), num(cell.macs)
             total = cost(cell)
             tds = [td(tag, tag)] if len(runs) > 1 else []
             tds += [
@@ -89,7 +90,7 @@ def matrix(runs: list[Run], tags: list[str]) -> tuple[list[str], list[Row]]:
                 td(status, status, f"status {status}"),
                 td(pct(clean), clean, "num"),
                 td(pct(robust), robust, "num"),
-                td(cell.get("threat_model"), cell.get("threat_model"), title=str(cell.get("surrogate") or "")),
+                td(cell.threat_model, cell.threat_model, title=str(cell.surrogate or "")),
                 _latency_td(cell, 1),
                 _latency_td(cell, None),
                 td(None if throughput is None else f"{throughput:,.0f}", throughput, "num"),
@@ -100,29 +101,26 @@ def matrix(runs: list[Run], tags: list[str]) -> tuple[list[str], list[Row]]:
                 td(None if total is None else f"{total:.1f}", total, "num"),
                 _budget_td(cell),
             ]
-            error = cell.get("error")
-            note = last_line(error) if error else str(cell.get("reason") or "")
+            error = cell.error
+            note = last_line(error) if error else str(cell.reason or "")
             rows.append({"status": status, "tds": tds, "note": note, "detail": str(error) if error else ""})
     return headers, rows
 
 
-def _budget_td(cell: dict[str, Any]) -> Td:
+def _budget_td(cell: CellRecord) -> Td:
     """Within the accuracy budget of the uncompressed baseline (clean and robust), as MLPerf's 99% rule."""
-    budget = cell.get("budget")
-    if not isinstance(budget, dict) or "within_budget" not in budget:
+    budget = cell.budget
+    if budget is None or budget.within_budget is None:
         return td(None)
-    ok = bool(budget["within_budget"])
-    lost = [
-        m.split("_")[0]
-        for m in ("clean_accuracy", "robust_accuracy")
-        if isinstance(budget.get(m), dict) and not budget[m].get("kept")
-    ]
+    ok = bool(budget.within_budget)
+    verdicts = {"clean": budget.clean_accuracy, "robust": budget.robust_accuracy}
+    lost = [metric for metric, verdict in verdicts.items() if verdict is not None and not verdict.kept]
     text = "kept" if ok else "lost: " + ", ".join(lost)
     return td(
         text,
         int(ok),
         "status ok" if ok else "status failed",
-        title=f"at least {num(budget.get('ratio')) or 0:.0%} of the uncompressed eager baseline",
+        title=f"at least {num(budget.ratio) or 0:.0%} of the uncompressed eager baseline",
     )
 
 
@@ -155,24 +153,23 @@ def failed_checks(runs: list[Run], tags: list[str]) -> list[dict[str, str]]:
     failures = []
     for run, tag in zip(runs, tags, strict=True):
         for cell in run.cells:
-            checks = cell.get("checks")
-            for name, check in checks.items() if isinstance(checks, dict) else ():
+            for name, check in (cell.checks or {}).items():
                 if isinstance(check, dict) and check.get("ok") is False:
                     detail = str(check.get("detail") or "")
                     failures.append({"run": tag, "cell": cell_id(cell), "name": str(name), "detail": detail})
     return failures
 
 
-Getter = Callable[[dict[str, Any]], float | None]
+Getter = Callable[[CellRecord], float | None]
 Formatter = Callable[[float | None], str | None]
 
 # (header, value, format, higher is better, relative tolerance before a change counts as worse).
 # Latency gets 5% because timings are noisy; accuracy and size are deterministic, so any loss counts.
 METRICS: list[tuple[str, Getter, Formatter, bool, float]] = [
-    ("clean acc", lambda c: num(c.get("clean_accuracy")), pct, True, 0.0),
-    ("robust acc", lambda c: num(c.get("robust_accuracy")), pct, True, 0.0),
+    ("clean acc", lambda c: num(c.clean_accuracy), pct, True, 0.0),
+    ("robust acc", lambda c: num(c.robust_accuracy), pct, True, 0.0),
     ("p50 b1 (ms)", lambda c: p50(c, 1)[0], ms, False, 0.05),
-    ("size", lambda c: num(c.get("model_size_bytes")), human_bytes, False, 0.0),
+    ("size", lambda c: num(c.model_size_bytes), human_bytes, False, 0.0),
 ]
 
 
@@ -193,7 +190,7 @@ def _change_td(base: float | None, new: float | None, higher_is_better: bool, to
 
 def comparison(baseline: Run, runs: list[Run], tags: list[str]) -> tuple[list[str], list[Row]]:
     """Cells present in both the baseline and a run, matched by cell id: baseline -> candidate and the change."""
-    base_cells = {cell_id(c): c for c in baseline.cells if c.get("cell_id")}
+    base_cells = {cell_id(c): c for c in baseline.cells if c.cell_id}
     headers = (["run"] if len(runs) > 1 else []) + ["cell"]
     for name, *_ in METRICS:
         headers += [f"{name}: baseline → candidate", "change"]

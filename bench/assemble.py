@@ -1,0 +1,149 @@
+"""A cell's record, assembled from the results of its stages: where each number of a record comes from.
+
+The runner runs the stages (bench.pipeline) and hands their `StageResult`s here; nothing here runs a stage, so
+the order of the stages, which decides what is cached and logged when, stays the runner's business.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from bench.checks import budget_verdict, compression_checks
+from bench.record import (
+    ArtifactInfo,
+    BaselineRef,
+    BudgetVerdict,
+    CellRecord,
+    Costs,
+    LatencyStats,
+    MeasurementInfo,
+    TrainingInfo,
+)
+from bench.suite import AXES
+
+if TYPE_CHECKING:
+    from bench.matrix import Cell
+    from bench.pipeline import StageResult
+
+BASELINE_CELL = "compression none, runtime eager"
+WORKER_ONLY_LATENCY_KEYS = ("warmup_s", "timer")  # how the worker timed, not what it measured
+
+
+@dataclasses.dataclass
+class CellStages:
+    """The stage results of one ok cell; `baseline` is the uncompressed eager model's evaluation (or `evaluated`
+    itself for the baseline cell)."""
+
+    data: StageResult
+    trained: StageResult
+    compressed: StageResult
+    exported: StageResult
+    measured: StageResult
+    evaluated: StageResult
+    baseline: StageResult
+
+
+def identity_record(cell: Cell, seed: int, device: str) -> CellRecord:
+    """What every record carries, whatever its status: the cell's axis entries, labels, dataset, seed, device."""
+    axes = {axis: cell.choice(axis).record() for axis in AXES}
+    labels = {axis: cell.choice(axis).label for axis in ("dataset", *AXES)}
+    # an axis CellRecord has no field for yet is still recorded (in `extra`, written after the known keys)
+    fields = {f.name for f in dataclasses.fields(CellRecord)}
+    known = {axis: entry for axis, entry in axes.items() if axis in fields}
+    extra = {axis: entry for axis, entry in axes.items() if axis not in fields}
+    return CellRecord(
+        cell_id=cell.cell_id,
+        **known,
+        labels=labels,
+        dataset=cell.dataset.record(),
+        seed=seed,
+        device=device,
+        extra=extra,
+    )
+
+
+def skipped_record(identity: CellRecord, reason: str) -> CellRecord:
+    return dataclasses.replace(identity, status="skipped", reason=reason)
+
+
+def failed_record(identity: CellRecord, exc: BaseException) -> CellRecord:
+    return dataclasses.replace(identity, status="failed", error="".join(traceback.format_exception(exc)).strip())
+
+
+def ok_record(identity: CellRecord, stages: CellStages, budget_ratio: float) -> CellRecord:
+    """The full record of a cell whose stages all ran; `budget_ratio` is the suite's accuracy budget."""
+    trained, compressed, exported, measured = stages.trained, stages.compressed, stages.exported, stages.measured
+    m = measured.meta["result"]
+    ev = stages.evaluated.meta
+    export_meta = exported.meta["exported"]["meta"]
+    lowered = bool(compressed.meta.get("lowering"))
+    quantize_s = export_meta.get("quantize_s", 0.0)
+    baseline = BaselineRef(
+        cell=BASELINE_CELL,
+        clean_accuracy=stages.baseline.meta["clean_accuracy"],
+        robust_accuracy=stages.baseline.meta["robust_accuracy"],
+    )
+    record = dataclasses.replace(
+        identity,
+        status="ok",
+        clean_accuracy=ev["clean_accuracy"],
+        robust_accuracy=ev["robust_accuracy"],
+        threat_model=ev["threat_model"],
+        surrogate=ev["surrogate"],
+        n_eval=ev["n_eval"],
+        latency_ms=_latency(m["latency_ms"]),
+        throughput_sps=m["throughput_sps"],
+        peak_memory_mb=m["peak_rss_mb"],
+        model_size_bytes=exported.meta["size_bytes"],
+        params=compressed.meta["params"],
+        macs=compressed.meta["macs"],
+        costs=Costs(
+            train_s=trained.meta["cost"]["seconds"],
+            # quantization (calibration + conversion) happens at export but is the compression's cost
+            compress_s=compressed.meta["compress_s"] + quantize_s,
+            export_s=exported.meta["seconds"] - quantize_s,
+            measure_s=measured.meta["seconds"],
+            attack_s=ev["attack_s"],
+            eval_s=ev["eval_s"],
+        ),
+        attack_success_rate=ev.get("attack_success_rate"),
+        eps=ev.get("eps"),
+        norm=ev.get("norm"),
+        components=ev.get("components"),
+        queries=ev.get("queries"),
+        agreement=ev["agreement"],
+        checks=ev["checks"]
+        | compression_checks(compressed.meta["steps"], compressed.meta.get("lowering"), export_meta),
+        baseline=baseline,
+        measurement=MeasurementInfo(
+            profile=measured.meta["profile"],
+            threads=measured.meta["threads"],
+            load_s=m["load_s"],
+            first_call_ms=m["first_call_ms"],
+            baseline_rss_mb=m["baseline_rss_mb"],
+            inference_rss_delta_mb=m["inference_rss_delta_mb"],
+            peak_gpu_mb=m.get("peak_gpu_mb"),
+        ),
+        # the recipe's TrainCost as it is, so that a key a recipe adds is kept rather than dropped
+        training=TrainingInfo.from_json(trained.meta["cost"] | {"peak_memory_mb": trained.meta["peak_memory_mb"]}),
+        compression_steps=compressed.meta["steps"],
+        lowering=export_meta if lowered else None,
+        artifact=ArtifactInfo(
+            format=exported.meta["exported"]["format"],
+            files=exported.meta["files"],
+            sha256=exported.meta["sha256"],
+            path=str(exported.path / exported.meta["exported"]["main_file"]),
+        ),
+        stages={s.kind: s.key for s in (stages.data, trained, compressed, exported, measured, stages.evaluated)},
+    )
+    verdict = budget_verdict(record.to_json(), baseline.to_json(), budget_ratio)
+    return dataclasses.replace(record, budget=BudgetVerdict.from_json(verdict))
+
+
+def _latency(worker_latency: dict[str, dict[str, Any]]) -> dict[str, LatencyStats]:
+    return {
+        batch: LatencyStats.from_json({k: v for k, v in stats.items() if k not in WORKER_ONLY_LATENCY_KEYS})
+        for batch, stats in worker_latency.items()
+    }
