@@ -166,16 +166,3 @@ def fit(
     model.eval()
     seen = epochs_run * len(x)
     return TrainCost(seconds, epochs_run, seen, seen / seconds if seconds > 0 else 0.0, float(loss.detach()))
-
-
-@torch.no_grad()
-def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Logits for x in batches (CPU tensor out)."""
-    outs = [model(x[i : i + batch_size]).detach().float().cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(outs) if outs else torch.empty(0)
-
-
-def accuracy(
-    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
-) -> float:
-    return float((predict(model, x, batch_size).argmax(1) == y.cpu()).float().mean())

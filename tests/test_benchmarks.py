@@ -15,7 +15,7 @@ from bench.attacks.pgd import PGD, PGDConfig
 from bench.config import parse_config
 from bench.datasets import load_dataset
 from bench.models import MODELS, build_model
-from tests.helpers import train_simple_cnn
+from tests.conftest import train_simple_cnn
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.helpers import run_cli
+from tests.conftest import run_cli
 
 
 def _run_dir(path, clean, robust, p50):

@@ -14,10 +14,9 @@ from bench.checks import budget_verdict
 from bench.compressions import COMPRESSIONS, CompressContext, HalfSpec, QuantSpec
 from bench.config import parse_config
 from bench.datasets import load_dataset
-from bench.errors import ConfigError
+from bench.inference import accuracy
 from bench.runtimes import RUNTIMES
-from bench.training import accuracy
-from tests.helpers import train_simple_cnn
+from tests.conftest import config_error, layer_paths, n_params, train_simple_cnn
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +43,6 @@ def export(runtime, compressed, data, tmp_path, **cfg):
     ctx = CompressContext(data, 0, "cpu", data.x_eval[:2])
     exported = rt.export(compressed.model, compressed.lowering, ctx, tmp_path)
     return exported, rt.predictor(tmp_path, exported, "cpu", None)
-
-
-def n_params(model):
-    return sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("importance", ["l1", "l2", "taylor"])
@@ -100,10 +95,23 @@ def test_int8_dynamic_onnx_uses_integer_ops(trained, data, tmp_path):
     assert any(op in exported.meta["op_counts"] for op in ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"))
 
 
-def test_int8_eager_names_quantized_layers(trained, data, tmp_path):
-    out = apply("int8", {}, trained, data)
+@pytest.mark.parametrize(
+    "mode, quantized_types",
+    [
+        ("static", (torch.nn.Conv2d, torch.nn.Linear)),  # FX static: convolutions (fused with ReLU) and linears
+        ("dynamic", (torch.nn.Linear,)),  # dynamic quantization covers linear layers only
+    ],
+)
+def test_int8_eager_names_quantized_layers(trained, data, tmp_path, mode, quantized_types):
+    out = apply("int8", {"mode": mode}, trained, data)
     exported, predictor = export("eager", out, data, tmp_path)
-    assert exported.meta["quantized_layers"]
+    expected = layer_paths(trained, *quantized_types)
+    assert expected == ({"net.0.0", "net.0.3", "net.0.6", "net.2", "net.4"} if mode == "static" else {"net.2", "net.4"})
+    layers = exported.meta["quantized_layers"]
+    # every named layer is one of the model's, by its module path; quantized linears may also list their
+    # packed-weights holder (`<linear>._packed_params`), which is not a layer of its own
+    assert {name for name in layers if not name.endswith("._packed_params")} == expected
+    assert {name.removesuffix("._packed_params") for name in layers} <= expected
     assert accuracy(predictor, data.x_eval, data.y_eval) > 0.8
 
 
@@ -139,15 +147,16 @@ def test_qat_fine_tunes_then_lowers_to_int8(trained, data, tmp_path):
 def test_kd_trains_the_named_smaller_student(trained, data):
     out = apply("kd", {"student": {"name": "mlp", "hidden": [32]}, "epochs": 5}, trained, data)
     assert out.meta["student"] == "mlp"
-    assert out.meta["student_params"] == n_params(out.model) < out.meta["teacher_params"] * 2
+    assert out.meta["teacher_params"] == n_params(trained)
+    assert out.meta["student_params"] == n_params(out.model) == 64 * 32 + 32 + 32 * 10 + 10  # the MLP named
+    assert out.meta["student_params"] < out.meta["teacher_params"]  # smaller than the CNN it learns from
     assert isinstance(out.model.net[1], torch.nn.Linear)
     assert accuracy(out.model, data.x_eval, data.y_eval) > 0.8
 
 
 def test_kd_rejects_an_unknown_student():
-    with pytest.raises(ConfigError, match="unknown model 'nope'") as info:
-        parse_config(COMPRESSIONS.get("kd").config_cls, {"student": "nope"})
-    assert info.value.field == "student"
+    error = config_error(COMPRESSIONS.get("kd").config_cls, {"student": "nope"})
+    assert "unknown model 'nope'" in str(error) and error.field == "student"
 
 
 def test_budget_verdict_recomputes_from_the_record():

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.config import parse_config
 from bench.datasets import DATASETS, load_dataset
 from bench.errors import BenchInputError, ConfigError, UnknownNameError
+from tests.conftest import config_error
 
 
 def rows(x: torch.Tensor) -> set[bytes]:
@@ -282,9 +282,7 @@ def test_cifar10_one_batch_missing(cifar_root):
     ],
 )
 def test_bad_values_name_the_field(params, field):
-    with pytest.raises(ConfigError) as info:
-        parse_config(DATASETS.get("digits").config_cls, params)
-    assert info.value.field == field
+    assert config_error(DATASETS.get("digits").config_cls, params).field == field
 
 
 @pytest.mark.parametrize(
@@ -302,9 +300,8 @@ def test_splits_larger_than_the_data(params, field):
 
 
 def test_synthetic_sizes_checked_when_parsed():
-    with pytest.raises(ConfigError) as info:
-        parse_config(DATASETS.get("synthetic").config_cls, {"n_samples": 300, "eval_size": 300})
-    assert info.value.field == "eval_size" and "300 samples" in str(info.value)
+    error = config_error(DATASETS.get("synthetic").config_cls, {"n_samples": 300, "eval_size": 300})
+    assert error.field == "eval_size" and "300 samples" in str(error)
 
 
 def test_registry_and_lookup():

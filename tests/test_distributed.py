@@ -18,25 +18,23 @@ from bench import launch, userimport
 from bench.config import parse_config
 from bench.datasets import load_dataset
 from bench.errors import ConfigError
+from bench.inference import accuracy
 from bench.models import MODELS, build_model
 from bench.recipes import RECIPES
 from bench.recipes.distributed import GlobalBatches, resolve_backend
 from bench.recipes.federated import client_shards, compress_update
-from bench.training import OptimConfig, accuracy, fit, summed_cross_entropy
+from bench.training import OptimConfig, fit, summed_cross_entropy
 
 # AdamW at 1e-2 learns digits in a few epochs (as in test_recipes.py).
 ADAMW = {"optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
+def _one_thread_everywhere(one_thread):
     """One intra-op thread here and in every torchrun worker: tiny models, a busy two-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")  # the recipes pass the environment on to torchrun
         yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
 from bench.errors import BenchInputError
 from bench.matrix import build_cells, select_shard
 from bench.suite import load_suite
-from tests.helpers import TINY_SUITE, run_cli, write_suite
+from tests.conftest import run_cli, tiny_suite, write_suite
 
 AXES = {
     "models": ["mlp", "simple_cnn"],
@@ -20,8 +18,7 @@ AXES = {
 
 
 def make_suite(tmp_path, **extra):
-    data = copy.deepcopy(TINY_SUITE) | AXES | extra
-    return load_suite(write_suite(tmp_path / "m.yaml", data))
+    return load_suite(write_suite(tmp_path / "m.yaml", tiny_suite(**AXES, **extra)))
 
 
 def test_product_count_and_ids(tmp_path):
@@ -98,7 +95,7 @@ def test_shards_partition_the_cells(tmp_path):
 
 
 def test_bench_list_prints_cells_and_count(tmp_path, capsys):
-    path = write_suite(tmp_path / "m.yaml", copy.deepcopy(TINY_SUITE) | AXES)
+    path = write_suite(tmp_path / "m.yaml", tiny_suite(**AXES))
     code, out, _ = run_cli(["list", path], capsys)
     assert code == 0
     lines = out.strip().splitlines()

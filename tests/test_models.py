@@ -5,58 +5,49 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.config import parse_config
 from bench.errors import ConfigError, UnknownNameError
-from bench.models import MODELS, build_model
-
-
-def _build(name, params, in_shape=(1, 8, 8)):
-    cfg = parse_config(MODELS.get(name).config_cls, params)
-    c = in_shape[0]
-    return build_model(name, cfg, 10, in_shape, (0.5,) * c, (0.25,) * c)
+from bench.models import MODELS
+from tests.conftest import build_registered_model, n_params, run_cli, tiny_net, tiny_suite, write_suite
 
 
 @pytest.mark.parametrize("name,params", [("simple_cnn", {}), ("mlp", {}), ("resnet18", {"width": 4})])
 @pytest.mark.parametrize("in_shape", [(1, 8, 8), (3, 32, 32), (1, 28, 28)])
 def test_registered_models_adapt_to_input_shape(name, params, in_shape):
-    model = _build(name, params, in_shape)
+    model = build_registered_model(name, params, in_shape)
     assert not model.training
     assert model(torch.rand(2, *in_shape)).shape == (2, 10)
 
 
 def test_normalisation_is_inside_the_model():
-    model = _build("mlp", {})
+    model = build_registered_model("mlp", {})
     x = torch.rand(4, 1, 8, 8)
     assert torch.allclose(model.normalize(x), (x - 0.5) / 0.25)
 
 
 def test_resnet18_has_the_paper_parameter_count():
-    model = _build("resnet18", {}, (3, 32, 32))
-    params = sum(p.numel() for p in model.parameters())
-    assert 11_100_000 < params < 11_250_000  # CIFAR ResNet-18: 11.17 M
+    model = build_registered_model("resnet18", {}, (3, 32, 32))
+    assert 11_100_000 < n_params(model) < 11_250_000  # CIFAR ResNet-18: 11.17 M
 
 
 def test_torchvision_model_by_name_on_grey_images():
-    model = _build("mobilenet_v3_small", {})
+    model = build_registered_model("mobilenet_v3_small", {})
     assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
 
 
 def test_user_function_with_checkpoint(tmp_path):
-    from tests.helpers import tiny_net
-
     net = tiny_net(10, (1, 8, 8), width=16)
     torch.save(net.state_dict(), tmp_path / "w.pt")
-    model = _build("tests.helpers:tiny_net", {"kwargs": {"width": 16}, "checkpoint": str(tmp_path / "w.pt")})
+    model = build_registered_model(
+        "tests.conftest:tiny_net", {"kwargs": {"width": 16}, "checkpoint": str(tmp_path / "w.pt")}
+    )
     assert torch.equal(model.net[1].weight, net[1].weight)
 
 
 def test_missing_checkpoint_is_a_user_error(tmp_path, capsys):
-    from tests.helpers import TINY_SUITE, run_cli, write_suite
-
     with pytest.raises(ConfigError, match="file not found") as info:
-        _build("mlp", {"checkpoint": str(tmp_path / "missing.pt")})
+        build_registered_model("mlp", {"checkpoint": str(tmp_path / "missing.pt")})
     assert info.value.field == "checkpoint"
-    suite = write_suite(tmp_path / "s.yaml", TINY_SUITE | {"models": [{"name": "mlp", "checkpoint": "nope.pt"}]})
+    suite = write_suite(tmp_path / "s.yaml", tiny_suite(models=[{"name": "mlp", "checkpoint": "nope.pt"}]))
     code, _, err = run_cli(["run", suite, "--out", tmp_path / "run"], capsys)
     assert code == 2 and "models[0].checkpoint: file not found: nope.pt" in err
     assert not (tmp_path / "run").exists()

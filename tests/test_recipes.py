@@ -12,10 +12,11 @@ from bench.attacks.pgd import PGD, PGDConfig
 from bench.config import parse_config
 from bench.datasets import load_dataset
 from bench.errors import ConfigError
+from bench.inference import accuracy
 from bench.models import MODELS, build_model
 from bench.recipes import RECIPES
 from bench.recipes.adversarial import OverfitGuard
-from bench.training import OptimConfig, ShuffledBatches, accuracy, fit
+from bench.training import OptimConfig, ShuffledBatches, fit
 
 EPS = 0.1  # training and evaluation radius in [0, 1] pixel space (digits are 8x8, 17 grey levels)
 # AdamW at 1e-2 learns digits in a few epochs under adversarial training; SGD at the default 0.05 needs far more.
@@ -29,13 +30,7 @@ PARAMS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The model is tiny, so one intra-op thread is as fast as two and does not stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread, no stalls when busy
 
 
 @pytest.fixture(scope="module")

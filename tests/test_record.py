@@ -13,7 +13,7 @@ import pytest
 
 import bench
 from bench.record import SCHEMA_VERSION, CellRecord, LatencyStats, read_records
-from tests.helpers import TINY_SUITE, run_cli, write_suite
+from tests.conftest import TINY_SUITE, run_cli, write_suite
 
 IDENTITY_KEYS = [
     "cell_id",
@@ -27,7 +27,7 @@ def mixed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny run with ok, skipped (a missing ONNX Runtime provider) and failed (a broken model) cells."""
     root = tmp_path_factory.mktemp("record")
     data = copy.deepcopy(TINY_SUITE) | {
-        "models": [{"name": "mlp", "hidden": [16]}, "tests.helpers:broken_net"],
+        "models": [{"name": "mlp", "hidden": [16]}, "tests.conftest:broken_net"],
         "runtimes": ["eager", {"name": "onnxruntime", "providers": ["tensorrt"]}],
     }
     suite = write_suite(root / "s.yaml", data)

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from bench import jsonl
-from tests.helpers import TINY_SUITE, run_cli, write_suite
+from tests.conftest import TINY_SUITE, run_cli, write_suite
 
 SUITE = copy.deepcopy(TINY_SUITE) | {
     "compressions": ["none", {"name": "prune", "ratio": [0.3, 0.5]}],
@@ -101,7 +101,7 @@ def test_torn_last_line_is_repaired_on_resume(tmp_path, capsys):
 
 
 def test_failed_cell_is_recorded_and_run_goes_on(tmp_path, capsys):
-    data = copy.deepcopy(TINY_SUITE) | {"models": [{"name": "mlp", "hidden": [16]}, "tests.helpers:broken_net"]}
+    data = copy.deepcopy(TINY_SUITE) | {"models": [{"name": "mlp", "hidden": [16]}, "tests.conftest:broken_net"]}
     suite = write_suite(tmp_path / "s.yaml", data)
     code, out, _ = run_cli(
         ["run", suite, "--out", tmp_path / "run", "--cache", tmp_path / "cache", "--no-progress"], capsys

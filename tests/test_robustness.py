@@ -8,13 +8,13 @@ import json
 import pytest
 
 from bench import jsonl
-from tests.helpers import run_cli, write_suite
+from tests.conftest import run_cli, run_suite_for_module
 
 SUITE = {
     "name": "robust",
     "seed": 0,
     "dataset": {"name": "digits", "eval_size": 100, "calibration_size": 32},
-    "models": [{"name": "simple_cnn", "width": 8, "hidden": 32}, "tests.helpers:rounded_net"],
+    "models": [{"name": "simple_cnn", "width": 8, "hidden": 32}, "tests.conftest:rounded_net"],
     "recipes": [{"name": "standard", "epochs": 5}],
     "compressions": ["none", "int8"],
     "runtimes": ["eager", {"name": "onnxruntime", "exporter": "torchscript"}],
@@ -34,13 +34,14 @@ SUITE = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("robust")
-    suite = write_suite(root / "s.yaml", SUITE)
-    from bench.cli import main
+    root, records = run_suite_for_module(tmp_path_factory, SUITE, "robust")
+    return root, root / "run.yaml", records
 
-    assert main(["run", str(suite), "--out", str(root / "run"), "--cache", str(root / "cache"), "--no-progress"]) == 0
-    records = {r["cell_id"]: r for r in jsonl.read(root / "run" / "cells.jsonl")}
-    return root, suite, records
+
+# simple_cnn is trained without any defence: eps 0.1 on [0, 1] pixels must break most of what it gets right
+UNDEFENDED = "simple_cnn/standard"
+EPS_01 = ("fgsm-0.1", "pgd-0.1", "square-0.1", "worst_case")
+TARGETS = ("none/eager", "none/onnxruntime", "int8/onnxruntime")
 
 
 def test_threat_model_follows_the_target(run):
@@ -67,13 +68,53 @@ def test_eps_zero_is_clean_and_worst_case_is_worst(run):
         assert all(check["ok"] for name, check in r["checks"].items() if "gradient" not in name), r["checks"]
 
 
+def test_an_undefended_model_loses_most_of_its_accuracy_at_eps_0_1(run):
+    _, _, records = run
+    for target in TARGETS:
+        for attack in EPS_01:
+            r = records[f"{UNDEFENDED}/{target}/{attack}"]
+            assert r["status"] == "ok" and r["n_eval"] == 100
+            assert r["robust_accuracy"] < r["clean_accuracy"] / 2, r["cell_id"]
+
+
+def test_robust_accuracy_and_attack_success_rate_count_the_same_samples(run):
+    _, _, records = run
+    for r in records.values():
+        # success rate: the share of clean-correct samples the attack broke
+        assert r["robust_accuracy"] == pytest.approx(r["clean_accuracy"] * (1 - r["attack_success_rate"])), r["cell_id"]
+
+
+def test_pgd_is_at_least_as_strong_as_fgsm_and_fp32_transfer_is_white_box(run):
+    _, _, records = run
+    eager, fp32_ort = (f"{UNDEFENDED}/{target}" for target in TARGETS[:2])
+    one_sample = 1 / records[f"{eager}/pgd-0.1"]["n_eval"]
+    # PGD iterates FGSM's signed-gradient step inside the same ball: on an undefended model it finds at least as many
+    # adversarial examples (one sample of slack)
+    assert (
+        records[f"{eager}/pgd-0.1"]["robust_accuracy"] <= records[f"{eager}/fgsm-0.1"]["robust_accuracy"] + one_sample
+    )
+    for attack in ("fgsm-0.1", "pgd-0.1"):
+        # an FP32 artifact computes what its float twin computes, so the transferred examples hit as white-box ones do
+        white_box, transfer = records[f"{eager}/{attack}"], records[f"{fp32_ort}/{attack}"]
+        assert (white_box["threat_model"], transfer["threat_model"]) == ("white-box", "transfer")
+        assert abs(transfer["robust_accuracy"] - white_box["robust_accuracy"]) <= one_sample, attack
+
+
 def test_gradient_masked_model_is_flagged(run):
     root, _, records = run
-    masked = records["tests.helpers:rounded_net/standard/none/eager/pgd-0.1"]
+    masked = records["tests.conftest:rounded_net/standard/none/eager/pgd-0.1"]
     assert masked["checks"]["pgd: non-zero input gradients"]["ok"] is False
+    # zero input gradients: gradient attacks change nothing, a black-box attack still breaks the model
+    for attack in ("fgsm-0.1", "pgd-0.1"):
+        r = records[f"tests.conftest:rounded_net/standard/none/eager/{attack}"]
+        assert r["robust_accuracy"] == r["clean_accuracy"] > 0.9, attack
+    square = records["tests.conftest:rounded_net/standard/none/eager/square-0.1"]
+    assert square["robust_accuracy"] < square["clean_accuracy"] - 0.2
+    worst = records["tests.conftest:rounded_net/standard/none/eager/worst_case"]
+    assert worst["robust_accuracy"] == square["robust_accuracy"]
     invariants = json.loads((root / "run" / "run.json").read_text())["invariants"]
     flagged = {v["artifact"] for v in invariants["violations"] if "gradient masking" in v["check"]}
-    assert "digits/tests.helpers:rounded_net/standard/none/eager" in flagged
+    assert "digits/tests.conftest:rounded_net/standard/none/eager" in flagged
     assert not any("simple_cnn" in a for a in flagged)
     assert records["simple_cnn/standard/none/eager/pgd-0.1"]["checks"]["pgd: non-zero input gradients"]["ok"]
 

@@ -1,4 +1,5 @@
-"""Runtimes and measurement: integrity of artifacts, parity with eager, thread settings, memory isolation."""
+"""Runtimes and measurement: integrity of artifacts, parity with eager, thread settings, memory isolation, and
+the harness's latency against a bare loop. Every runtime end to end: tests/test_runtimes_all.py."""
 
 from __future__ import annotations
 
@@ -12,32 +13,20 @@ from bench import jsonl
 from bench.matrix import build_cells
 from bench.runner import check_parity
 from bench.suite import load_suite
-from tests.helpers import TINY_SUITE, run_cli, write_suite
+from tests.conftest import run_cli, run_suite, tiny_suite, write_suite
 
-
-def _run(tmp_path, capsys, data, name="run", cache="cache"):
-    suite = write_suite(tmp_path / f"{name}.yaml", data)
-    code, _out, _err = run_cli(
-        ["run", suite, "--out", tmp_path / name, "--cache", tmp_path / cache, "--no-progress"], capsys
-    )
-    return code, {r["cell_id"]: r for r in jsonl.read(tmp_path / name / "cells.jsonl")}
-
-
-ORT_SUITE = copy.deepcopy(TINY_SUITE) | {
-    "runtimes": [{"name": "onnxruntime", "exporter": "torchscript"}],
-    "attacks": ["none"],
-}
+ORT_SUITE = tiny_suite(runtimes=[{"name": "onnxruntime", "exporter": "torchscript"}], attacks=["none"])
 
 
 @pytest.mark.parametrize("damage", ["altered", "truncated"])
 def test_tampered_artifact_fails_its_cell(tmp_path, capsys, damage):
-    code, records = _run(tmp_path, capsys, ORT_SUITE)
+    code, records = run_suite(tmp_path, ORT_SUITE)
     assert code == 0
     (record,) = records.values()
     artifact = Path(record["artifact"]["path"])
     data = artifact.read_bytes()
     artifact.write_bytes(data[:-10] + b"0123456789" if damage == "altered" else data[: len(data) // 2])
-    code, records = _run(tmp_path, capsys, ORT_SUITE, name="again")
+    code, records = run_suite(tmp_path, ORT_SUITE, name="again")
     assert code == 1
     (record,) = records.values()
     assert record["status"] == "failed"
@@ -48,7 +37,7 @@ def test_session_settings_and_threads_are_pinned_and_recorded(tmp_path, capsys):
     data = copy.deepcopy(ORT_SUITE)
     data["runtimes"] = [{"name": "onnxruntime", "exporter": "torchscript", "graph_optimization": "basic"}]
     data["measurement"] = dict(data["measurement"], threads=1)
-    code, records = _run(tmp_path, capsys, data)
+    code, records = run_suite(tmp_path, data)
     assert code == 0
     (record,) = records.values()
     assert record["measurement"]["threads"] == 1
@@ -58,7 +47,7 @@ def test_session_settings_and_threads_are_pinned_and_recorded(tmp_path, capsys):
     assert meta["result"]["session_options"]["graph_optimization"] == "basic"
     # another thread count is another measurement, not a cache hit
     data["measurement"]["threads"] = 2
-    code, again = _run(tmp_path, capsys, data, name="two")
+    code, again = run_suite(tmp_path, data, name="two")
     assert code == 0
     measure = [s for s in jsonl.read(tmp_path / "two" / "stages.jsonl") if s["kind"] == "measure"]
     assert not measure[0]["cache_hit"]
@@ -66,14 +55,14 @@ def test_session_settings_and_threads_are_pinned_and_recorded(tmp_path, capsys):
 
 
 def test_memory_is_measured_per_artifact_in_a_fresh_process(tmp_path, capsys):
-    data = copy.deepcopy(TINY_SUITE) | {
-        "dataset": {"name": "synthetic", "n_samples": 200, "eval_size": 50, "calibration_size": 20},
+    data = tiny_suite(
+        dataset={"name": "synthetic", "n_samples": 200, "eval_size": 50, "calibration_size": 20},
         # the large model first: the small one must not inherit its peak
-        "models": [{"name": "resnet18", "width": 64}, {"name": "mlp", "hidden": [16]}],
-        "recipes": ["none"],
-        "attacks": ["none"],
-    }
-    code, records = _run(tmp_path, capsys, data)
+        models=[{"name": "resnet18", "width": 64}, {"name": "mlp", "hidden": [16]}],
+        recipes=["none"],
+        attacks=["none"],
+    )
+    code, records = run_suite(tmp_path, data)
     assert code == 0
     large = records["resnet18/none/none/eager/none"]
     small = records["mlp/none/none/eager/none"]
@@ -90,25 +79,15 @@ def test_parity_failure_names_the_figures():
 
 
 def test_missing_provider_is_a_skip_with_reason(tmp_path):
-    data = copy.deepcopy(TINY_SUITE) | {"runtimes": [{"name": "onnxruntime", "providers": ["tensorrt"]}]}
+    data = tiny_suite(runtimes=[{"name": "onnxruntime", "providers": ["tensorrt"]}])
     cells = build_cells(load_suite(write_suite(tmp_path / "s.yaml", data)))
     assert all("no TensorrtExecutionProvider" in c.skip_reason for c in cells)
 
 
-@pytest.mark.slow
-def test_torchscript_and_torch_compile_match_eager(tmp_path, capsys):
-    data = copy.deepcopy(TINY_SUITE) | {"runtimes": ["eager", "torchscript", "torch_compile"], "attacks": ["none"]}
-    code, records = _run(tmp_path, capsys, data)
-    assert code == 0, [r.get("error") for r in records.values()]
-    accs = {r["runtime"]["name"]: r["clean_accuracy"] for r in records.values()}
-    assert accs["torchscript"] == accs["eager"] == accs["torch_compile"]
-    assert all(r["agreement"]["max_abs_logit_diff"] < 1e-4 for r in records.values())
-
-
 @pytest.mark.gpu
 def test_cuda_path_times_with_events_and_records_gpu_memory(tmp_path, capsys):
-    data = copy.deepcopy(TINY_SUITE) | {"device": "cuda", "compressions": ["none", "fp16"], "attacks": ["none"]}
-    code, records = _run(tmp_path, capsys, data)
+    data = tiny_suite(device="cuda", compressions=["none", "fp16"], attacks=["none"])
+    code, records = run_suite(tmp_path, data)
     assert code == 0, [r.get("error") for r in records.values()]
     for record in records.values():
         assert record["device"] == "cuda"
@@ -120,17 +99,40 @@ def test_cuda_path_times_with_events_and_records_gpu_memory(tmp_path, capsys):
     assert env["gpu"] and env["cuda"]
 
 
+# harness p50 / bare-loop p50 of one artifact, measured seconds apart in one test. Measured on the shared 2-core
+# machine with the model and settings below: 25 runs (other test runs beside them, load averages up to 6, some with
+# a busy loop on one of the two cores), 76 ratios at batch 1 and 8, all within 0.80-1.20 (the README reports
+# 0.87-1.10 for the ResNet-18 artifacts of the compression suite). The band leaves room for that noise and still
+# fails a harness that is 1.43x off: a mix-up of batch 1 and batch 8 (2.4x for ONNX Runtime, 3.3x for eager on
+# this model), timing in the wrong unit, or load and warm-up counted in the steady state.
+CROSSCHECK_BAND = (0.7, 1.43)
+
+
 def test_crosscheck_remeasures_each_artifact_with_a_bare_loop(tmp_path, capsys):
-    data = copy.deepcopy(TINY_SUITE) | {"runtimes": ["eager", {"name": "onnxruntime", "exporter": "torchscript"}]}
-    code, _ = _run(tmp_path, capsys, data)
-    assert code == 0
+    data = tiny_suite(
+        # large enough that a call takes 0.3-0.6 ms at batch 8: with the tiny MLP (0.02-0.07 ms) scheduler noise on a
+        # busy machine moved single ratios to 0.63-1.69
+        models=[{"name": "mlp", "hidden": [1024, 1024]}],
+        runtimes=["eager", {"name": "onnxruntime", "exporter": "torchscript"}],
+        attacks=["none"],
+        # one thread on both sides: with two threads on two busy cores, spin-waiting made single eager calls 30x slower
+        measurement={"profile": "smoke", "batch_sizes": [1, 8], "threads": 1},
+    )
+    code, records = run_suite(tmp_path, data)
+    assert code == 0, [r.get("error") for r in records.values()]
+    capsys.readouterr()  # the run's summary
     code, out, _ = run_cli(["crosscheck", tmp_path / "run", "--seconds", "0.2"], capsys)
     assert code == 0
-    rows = [line for line in out.splitlines() if line.startswith("mlp/")]
-    assert {row.split()[0] for row in rows} == {"mlp/standard/none/eager", "mlp/standard/none/onnxruntime"}
-    for row in rows:
-        ratio = float(row.split()[-1])
-        assert 0.05 < ratio < 20  # both sides measured (a shared CI machine is noisy: no tighter bound here)
+    assert "(batch 8)" in out.splitlines()[0]  # the largest batch measured, by default
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("mlp/")}
+    assert set(rows) == {"mlp/standard/none/eager", "mlp/standard/none/onnxruntime"}
+    low, high = CROSSCHECK_BAND
+    for artifact, row in rows.items():
+        harness, bare, ratio = float(row[1]), float(row[3]), float(row[-1])
+        # the harness's column is the p50 of its record, not a fresh figure
+        assert harness == pytest.approx(records[f"{artifact}/none"]["latency_ms"]["8"]["p50"], abs=5e-4)
+        assert ratio == pytest.approx(harness / bare, rel=0.02, abs=0.01)
+        assert low < ratio < high, (artifact, row)
     assert "2 artifacts; median ratio" in out
     code, _, err = run_cli(["crosscheck", tmp_path / "run", "--batch", "3"], capsys)
     assert code == 2 and "no latency at batch 3; measured: 1, 8" in err

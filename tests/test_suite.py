@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
 from bench.errors import BenchInputError
 from bench.suite import load_suite
-from tests.helpers import TINY_SUITE, run_cli, write_suite
-
-
-def suite_with(**changes):
-    data = copy.deepcopy(TINY_SUITE)
-    data.update(changes)
-    return data
+from tests.conftest import TINY_SUITE, run_cli, tiny_suite, write_suite
 
 
 def test_list_values_expand_and_label(tmp_path):
-    data = suite_with(
+    data = tiny_suite(
         compressions=["none", {"name": "prune", "ratio": [0.3, 0.5]}],
         attacks=[{"name": "pgd", "eps": [0.05, 0.1], "steps": 3}],
     )
@@ -31,54 +23,54 @@ def test_list_values_expand_and_label(tmp_path):
 
 
 def test_entries_differing_in_a_parameter_get_it_in_their_label(tmp_path):
-    data = suite_with(recipes=[{"name": "standard", "lr": [0.1, 0.01]}])
+    data = tiny_suite(recipes=[{"name": "standard", "lr": [0.1, 0.01]}])
     suite = load_suite(write_suite(tmp_path / "s.yaml", data))
     assert [c.label for c in suite.axes["recipe"]] == ["standard-lr=0.1", "standard-lr=0.01"]
 
 
 def test_compression_chain(tmp_path):
-    data = suite_with(compressions=[[{"name": "prune", "ratio": 0.5}, "int8"]])
+    data = tiny_suite(compressions=[[{"name": "prune", "ratio": 0.5}, "int8"]])
     (chain,) = load_suite(write_suite(tmp_path / "s.yaml", data)).axes["compression"]
     assert chain.label == "prune-0.5+int8"
     assert [s.name for s in chain.steps] == ["prune", "int8"]
 
 
 BAD_SUITES = {
-    "unknown model": (suite_with(models=["resnet9000"]), "models[0].name", "unknown model 'resnet9000'; valid: mlp"),
-    "unknown attack": (suite_with(attacks=["cw"]), "attacks[0].name", "unknown attack 'cw'; valid: "),
-    "unknown compression": (suite_with(compressions=["zip"]), "compressions[0].name", "unknown compression"),
-    "unknown runtime": (suite_with(runtimes=["tensorrt-lol"]), "runtimes[0].name", "valid: eager, onnxruntime"),
-    "unknown dataset": (suite_with(dataset="imagenet"), "dataset.name", "unknown dataset 'imagenet'"),
+    "unknown model": (tiny_suite(models=["resnet9000"]), "models[0].name", "unknown model 'resnet9000'; valid: mlp"),
+    "unknown attack": (tiny_suite(attacks=["cw"]), "attacks[0].name", "unknown attack 'cw'; valid: "),
+    "unknown compression": (tiny_suite(compressions=["zip"]), "compressions[0].name", "unknown compression"),
+    "unknown runtime": (tiny_suite(runtimes=["tensorrt-lol"]), "runtimes[0].name", "valid: eager, onnxruntime"),
+    "unknown dataset": (tiny_suite(dataset="imagenet"), "dataset.name", "unknown dataset 'imagenet'"),
     "wrong type": (
-        suite_with(recipes=[{"name": "standard", "epochs": "ten"}]),
+        tiny_suite(recipes=[{"name": "standard", "epochs": "ten"}]),
         "recipes[0].epochs",
         "expected an integer, got 'ten'",
     ),
     "wrong type in list": (
-        suite_with(measurement={"batch_sizes": [1, "x"]}),
+        tiny_suite(measurement={"batch_sizes": [1, "x"]}),
         "measurement.batch_sizes[1]",
         "expected an integer",
     ),
     "ratio out of range": (
-        suite_with(compressions=[{"name": "prune", "ratio": 1.5}]),
+        tiny_suite(compressions=[{"name": "prune", "ratio": 1.5}]),
         "compressions[0].ratio",
         "must be in (0, 1), got 1.5",
     ),
-    "ratio zero": (suite_with(compressions=[{"name": "prune", "ratio": 0}]), "compressions[0].ratio", "(0, 1)"),
-    "negative eps": (suite_with(attacks=[{"name": "pgd", "eps": -0.1}]), "attacks[0].eps", "must be in [0, inf]"),
+    "ratio zero": (tiny_suite(compressions=[{"name": "prune", "ratio": 0}]), "compressions[0].ratio", "(0, 1)"),
+    "negative eps": (tiny_suite(attacks=[{"name": "pgd", "eps": -0.1}]), "attacks[0].eps", "must be in [0, inf]"),
     "unknown key in entry": (
-        suite_with(attacks=[{"name": "pgd", "epsilon": 0.1}]),
+        tiny_suite(attacks=[{"name": "pgd", "epsilon": 0.1}]),
         "attacks[0].epsilon",
         "unknown key 'epsilon'; valid keys: eps, alpha",
     ),
-    "unknown top-level key": (suite_with(modles=["mlp"]), "modles", "unknown key 'modles'"),
+    "unknown top-level key": (tiny_suite(modles=["mlp"]), "modles", "unknown key 'modles'"),
     "missing models": ({k: v for k, v in TINY_SUITE.items() if k != "models"}, "models", "missing 'models'"),
-    "empty axis": (suite_with(runtimes=[]), "runtimes", "non-empty list"),
-    "bad profile": (suite_with(measurement={"profile": "fast"}), "measurement.profile", "'smoke' or 'dev'"),
-    "duplicate entry": (suite_with(attacks=["none", "none"]), "attacks", "listed twice"),
-    "exclude typo": (suite_with(exclude=[{"runtime": "onnx"}]), "exclude[0].runtime", "matches no runtime"),
-    "exclude bad axis": (suite_with(exclude=[{"backend": "eager"}]), "exclude[0]", "unknown key 'backend'"),
-    "int8 not last": (suite_with(compressions=[["int8", "prune"]]), "compressions[0][0]", "must be the last step"),
+    "empty axis": (tiny_suite(runtimes=[]), "runtimes", "non-empty list"),
+    "bad profile": (tiny_suite(measurement={"profile": "fast"}), "measurement.profile", "'smoke' or 'dev'"),
+    "duplicate entry": (tiny_suite(attacks=["none", "none"]), "attacks", "listed twice"),
+    "exclude typo": (tiny_suite(exclude=[{"runtime": "onnx"}]), "exclude[0].runtime", "matches no runtime"),
+    "exclude bad axis": (tiny_suite(exclude=[{"backend": "eager"}]), "exclude[0]", "unknown key 'backend'"),
+    "int8 not last": (tiny_suite(compressions=[["int8", "prune"]]), "compressions[0][0]", "must be the last step"),
 }
 
 
@@ -112,7 +104,7 @@ def test_missing_file(tmp_path, capsys):
 
 def test_load_suite_raises_typed_error(tmp_path):
     with pytest.raises(BenchInputError) as info:
-        load_suite(write_suite(tmp_path / "s.yaml", suite_with(seed=-1)))
+        load_suite(write_suite(tmp_path / "s.yaml", tiny_suite(seed=-1)))
     assert info.value.field == "seed"
 
 
@@ -130,7 +122,7 @@ def test_shipped_suites_are_valid():
 
 
 def test_missing_dataset_files_are_a_user_error_and_nothing_is_written(tmp_path, capsys):
-    data = suite_with(dataset={"name": "mnist", "root": str(tmp_path / "nodata")})
+    data = tiny_suite(dataset={"name": "mnist", "root": str(tmp_path / "nodata")})
     path = write_suite(tmp_path / "s.yaml", data)
     code, _, err = run_cli(["run", path, "--out", tmp_path / "run", "--cache", tmp_path / "cache"], capsys)
     assert code == 2
