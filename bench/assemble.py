@@ -7,6 +7,8 @@ the order of the stages, which decides what is cached and logged when, stays the
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -60,8 +62,14 @@ def identity_record(cell: Cell, seed: int, device: str) -> CellRecord:
         dataset=cell.dataset.record(),
         seed=seed,
         device=device,
+        settings_hash={axis: settings_hash(cell.choice(axis).record()) for axis in ("dataset", *AXES)},
         extra=extra,
     )
+
+
+def settings_hash(resolved: dict[str, Any]) -> str:
+    """A short, stable hash of an axis entry's resolved parameters."""
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def skipped_record(identity: CellRecord, reason: str) -> CellRecord:

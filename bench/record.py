@@ -273,6 +273,9 @@ class CellRecord(JsonObject):
     dataset: dict[str, Any] | None = None
     seed: int | None = None
     device: str | None = None
+    # axis (dataset included) -> a short hash of its resolved parameters: two runs whose cells share an id but not
+    # these hashes measured different settings (e.g. PGD steps 10 -> 20 under the same label)
+    settings_hash: dict[str, str] | None = None
 
     clean_accuracy: float | None = None
     robust_accuracy: float | None = None

@@ -11,6 +11,8 @@ are not recomputed.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 import os
 import time
@@ -25,11 +27,12 @@ from bench.assemble import CellStages, failed_record, identity_record, ok_record
 from bench.cache import StageCache
 from bench.env import environment
 from bench.errors import BenchInputError
+from bench.evidence import Correctness, Timings, append_correctness, append_timings, read_timings
 from bench.invariants import run_invariants
 from bench.matrix import Cell, build_cells, select_shard
 from bench.parity import check_parity
 from bench.pipeline import Pipeline, is_baseline
-from bench.record import SCHEMA_VERSION, read_records
+from bench.record import SCHEMA_VERSION, CellRecord, read_records
 from bench.suite import Suite
 
 log = logging.getLogger(__name__)
@@ -107,6 +110,7 @@ def run_suite(
         "name": suite.name,
         "suite_file": suite.file,
         "suite": suite.resolved(),
+        "suite_hash": suite_hash(suite),
         "seed": suite.seed,
         "device": device,
         "shard": list(shard) if shard else None,
@@ -121,6 +125,7 @@ def run_suite(
     jsonl.write_json_atomic(run_dir / RUN_FILE, run_meta)
 
     todo = [c for c in cells if c.cell_id not in done]
+    evidence = EvidenceWriter(run_dir)
     log.info("%d cells (%d already recorded), run directory %s", len(cells), len(cells) - len(todo), run_dir)
     bar = tqdm(
         total=len(cells),
@@ -140,7 +145,9 @@ def run_suite(
             else:
                 pipeline.current_cell = cell.cell_id
                 try:
-                    record = ok_record(record, run_stages(cell, pipeline), suite.evaluation.budget)
+                    stages = run_stages(cell, pipeline)
+                    record = ok_record(record, stages, suite.evaluation.budget)
+                    evidence.write(record, stages)
                 except Exception as exc:  # a failing cell is recorded, and the run goes on
                     log.warning("cell %s failed: %s", cell.cell_id, exc)
                     record = failed_record(record, exc)
@@ -159,6 +166,52 @@ def run_suite(
     run_meta.update(status="complete", finished_at=_now(), counts=counts, invariants=invariants)
     jsonl.write_json_atomic(run_dir / RUN_FILE, run_meta)
     return run_meta
+
+
+def suite_hash(suite: Suite) -> str:
+    """A hash of the resolved suite without its file path: shards and re-runs of one suite share it."""
+    resolved = {k: v for k, v in suite.resolved().items() if k != "file"}
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class EvidenceWriter:
+    """Appends what `bench compare` needs beyond the records (bench.evidence): each artifact's raw timings once
+    per run, and each evaluated cell's per-sample correctness."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._timed = set(read_timings(run_dir))
+        self._eval_sha: dict[str, str] = {}
+
+    def write(self, record: CellRecord, stages: CellStages) -> None:
+        import torch
+
+        measured, evaluated = stages.measured, stages.evaluated
+        if measured.key not in self._timed:
+            samples = json.loads((measured.path / "samples.json").read_text())
+            processes = {b: v if v and isinstance(v[0], list) else [v] for b, v in samples.items()}
+            reference = measured.meta["result"].get("reference_ms") or []
+            append_timings(self.run_dir, Timings(measured.key, processes, reference, fresh=not measured.cache_hit))
+            self._timed.add(measured.key)
+        per_sample = torch.load(evaluated.path / "per_sample.pt", weights_only=True)
+        data_key = stages.data.key
+        if data_key not in self._eval_sha:  # of the tensors, not of the file: equal samples hash equal anywhere
+            split = torch.load(stages.data.path / "eval.pt", weights_only=True)
+            digest = hashlib.sha256()
+            for tensor in (split["x"], split["y"]):
+                digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+                digest.update(tensor.contiguous().numpy().tobytes())
+            self._eval_sha[data_key] = digest.hexdigest()
+        robust = per_sample["robust_correct"]
+        append_correctness(
+            self.run_dir,
+            Correctness(
+                str(record.cell_id),
+                self._eval_sha[data_key],
+                per_sample["clean_correct"].numpy(),
+                None if robust is None else robust.numpy(),
+            ),
+        )
 
 
 def jsonl_read_json(path: Path) -> dict[str, Any]:
