@@ -13,6 +13,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from bench.checks import budget_verdict, compression_checks
+from bench.gates import Limit, evaluate_gates
 from bench.record import (
     ArtifactInfo,
     BaselineRef,
@@ -80,8 +81,13 @@ def failed_record(identity: CellRecord, exc: BaseException) -> CellRecord:
     return dataclasses.replace(identity, status="failed", error="".join(traceback.format_exception(exc)).strip())
 
 
-def ok_record(identity: CellRecord, stages: CellStages, budget_ratio: float) -> CellRecord:
-    """The full record of a cell whose stages all ran; `budget_ratio` is the suite's accuracy budget."""
+def ok_record(
+    identity: CellRecord, stages: CellStages, budget_ratio: float, limits: dict[str, Limit] | None = None
+) -> CellRecord:
+    """The full record of a cell whose stages all ran; `budget_ratio` is the suite's accuracy budget
+    (evaluation.budget), `limits` the suite gates that apply to the cell (GateConfig.for_cell; a `budget` limit
+    there overrides `budget_ratio`)."""
+    limits = limits or {}
     trained, compressed, exported, measured = stages.trained, stages.compressed, stages.exported, stages.measured
     m = measured.meta["result"]
     ev = stages.evaluated.meta
@@ -146,8 +152,22 @@ def ok_record(identity: CellRecord, stages: CellStages, budget_ratio: float) -> 
         ),
         stages={s.kind: s.key for s in (stages.data, trained, compressed, exported, measured, stages.evaluated)},
     )
-    verdict = budget_verdict(record.to_json(), baseline.to_json(), budget_ratio)
-    return dataclasses.replace(record, budget=BudgetVerdict.from_json(verdict))
+    ratio = limits["budget"].value if "budget" in limits else budget_ratio
+    samples = _per_sample(stages.evaluated), _per_sample(stages.baseline)
+    verdict = budget_verdict(record.to_json(), baseline.to_json(), ratio, *samples)
+    record = dataclasses.replace(record, budget=BudgetVerdict.from_json(verdict))
+    return dataclasses.replace(record, gates=evaluate_gates(record, limits))
+
+
+def _per_sample(evaluated: StageResult) -> dict[str, Any] | None:
+    """An evaluate stage's per-sample correctness as bool arrays (None when the stage kept none)."""
+    path = evaluated.path / "per_sample.pt"
+    if not path.is_file():
+        return None
+    import torch
+
+    flags = torch.load(path, weights_only=True)
+    return {k: None if v is None else v.numpy().astype(bool) for k, v in flags.items()}
 
 
 def _latency(worker_latency: dict[str, dict[str, Any]]) -> dict[str, LatencyStats]:

@@ -3,11 +3,18 @@
 Pruning must leave fewer parameters and MACs; INT8 must leave quantized operators (QDQ nodes or quantized
 modules); FP16 must leave about half the bytes of the FP32 artifact; unstructured pruning must reach its
 sparsity. A silent no-op would otherwise be reported as a compressed model.
+
+The accuracy-budget verdict (`budget_verdict`) respects sample size: a cell loses its budget only when a paired
+test on the same samples (bench.stats) supports the drop; too few samples to tell is "inconclusive".
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
+
+from bench.stats import ALPHA, paired_accuracy
 
 
 def _check(ok: bool, detail: str) -> dict[str, Any]:
@@ -36,15 +43,48 @@ def compression_checks(
     return checks
 
 
-def budget_verdict(record: dict[str, Any], baseline: dict[str, Any], ratio: float) -> dict[str, Any]:
-    """Does the cell keep `ratio` of its uncompressed baseline's clean and robust accuracy?"""
+def budget_verdict(
+    record: dict[str, Any],
+    baseline: dict[str, Any],
+    ratio: float,
+    cell_samples: dict[str, Any] | None = None,
+    baseline_samples: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Does the cell keep `ratio` of its uncompressed baseline's clean and robust accuracy?
+
+    Per metric: "kept" when value >= ratio * baseline; "lost" when below that *and* the exact McNemar test on the
+    same samples (the per-sample correctness of the cell and of its baseline: {"clean_correct", "robust_correct"}
+    as in an evaluate stage's per_sample.pt) supports a drop at bench.stats.ALPHA; "inconclusive" otherwise, and
+    when the per-sample correctness is not given. `within_budget` is False only when a metric is lost.
+    """
     verdict: dict[str, Any] = {"ratio": ratio}
-    for metric in ("clean_accuracy", "robust_accuracy"):
+    for metric, key in (("clean_accuracy", "clean_correct"), ("robust_accuracy", "robust_correct")):
         value, base = record.get(metric), baseline.get(metric)
         if value is None or base is None:
             verdict[metric] = None
             continue
-        verdict[metric] = {"value": value, "baseline": base, "kept": value >= ratio * base - 1e-12}
-    outcomes = [v["kept"] for v in (verdict["clean_accuracy"], verdict["robust_accuracy"]) if v is not None]
-    verdict["within_budget"] = all(outcomes)
+        before = None if baseline_samples is None else baseline_samples.get(key)
+        after = None if cell_samples is None else cell_samples.get(key)
+        verdict[metric] = metric_verdict(value, base, ratio, before, after)
+    outcomes = [v["verdict"] for v in (verdict["clean_accuracy"], verdict["robust_accuracy"]) if v is not None]
+    verdict["within_budget"] = "lost" not in outcomes
+    verdict["verdict"] = next((o for o in ("lost", "inconclusive") if o in outcomes), "kept")
     return verdict
+
+
+def metric_verdict(value: float, base: float, ratio: float, before: Any = None, after: Any = None) -> dict[str, Any]:
+    """One accuracy against its baseline's (see budget_verdict); `before` / `after`: per-sample correctness of the
+    baseline and of the cell (bool arrays or tensors, the same samples in the same order), or None."""
+    limit = ratio * base
+    out: dict[str, Any] = {"value": value, "baseline": base, "kept": None, "verdict": "inconclusive", "limit": limit}
+    if before is not None and after is not None:
+        test = paired_accuracy(np.asarray(before, bool), np.asarray(after, bool))
+        out |= {"n": test.n, "b": test.b, "c": test.c, "p_value": test.p_value, "ci": list(test.ci)}
+        lost = test.p_value <= ALPHA
+    else:
+        lost = False  # no per-sample evidence: a value below the limit cannot be told from noise
+    if value >= limit - 1e-12:
+        out |= {"kept": True, "verdict": "kept"}
+    elif lost:
+        out |= {"kept": False, "verdict": "lost"}
+    return out

@@ -1,4 +1,5 @@
-"""The `bench` command line. Exit codes: 0 success, 1 a cell failed or a regression was found, 2 bad input."""
+"""The `bench` command line. Exit codes: 0 success, 1 a cell failed, a gate failed or a regression was found,
+2 bad input."""
 
 from __future__ import annotations
 
@@ -27,6 +28,16 @@ def _shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value:g}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -41,6 +52,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", choices=("smoke", "dev", "nightly", "publish"), help="measurement profile")
     run.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"stage cache (default: {DEFAULT_CACHE})")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--gate",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a gate limit overriding the suite's top-level gate (repeatable): max_latency_ms=1:p99:100, "
+        "min_clean_accuracy=0.9, min_robust_accuracy=0.3, budget=0.99, max_size_mb=50, max_memory_mb=2000",
+    )
+    run.add_argument(
+        "--remeasure", action="store_true", help="measure latency afresh even for artifacts whose timing is cached"
+    )
+    run.add_argument(
+        "--cell-timeout", type=_positive_seconds, help="stop a cell after this many seconds (overrides limits:)"
+    )
 
     lst = sub.add_parser("list", help="list the cells of a suite, with skip reasons")
     lst.add_argument("suite", nargs="?", default=DEFAULT_SUITE)
@@ -51,22 +76,37 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("-o", "--output", type=Path, help="output file (default: RUN_DIR/report.html)")
     rep.add_argument("--baseline", type=Path, help="a run directory to compare against")
 
-    cmp_ = sub.add_parser("compare", help="compare two runs; exit 1 on a regression")
+    cmp_ = sub.add_parser("compare", help="compare two runs cell by cell; exit 1 on a regression")
     cmp_.add_argument("baseline", type=Path)
     cmp_.add_argument("candidate", type=Path)
-    cmp_.add_argument("--latency-threshold", type=float, default=0.10, help="relative p50 slowdown (0.10: 10%%)")
-    cmp_.add_argument("--accuracy-threshold", type=float, default=0.01, help="absolute accuracy drop (0.01)")
+    for name, what, default in (
+        ("latency", "relative slowdown that, when significant, is a regression (0.10: 10%%)", "0.10"),
+        ("accuracy", "absolute accuracy drop that, when significant, is a regression (0.02: 2 points)", "0.02"),
+        ("size", "relative growth of the artifact's size that is a regression", "0.10"),
+        ("memory", "relative growth of the peak memory that is a regression", "0.25"),
+    ):
+        where = f"default: the candidate suite's gate: {name}_threshold, else {default}"
+        where = where if name in ("latency", "accuracy") else f"default: {default}"
+        cmp_.add_argument(f"--{name}-threshold", type=float, metavar="X", help=f"{what}; {where}")
+    cmp_.add_argument("--force", action="store_true", help="compare cells whose environments differ")
+    cmp_.add_argument("--json", type=Path, metavar="FILE", help="also write the rows and summary as JSON")
+    cmp_.add_argument("--markdown", type=Path, metavar="FILE", help="also write a pull-request comment")
 
     chk = sub.add_parser("crosscheck", help="re-measure a run's artifacts with bare loops, side by side")
     chk.add_argument("run_dir", type=Path)
     chk.add_argument("--batch", default=None, help="batch size (default: the largest measured)")
     chk.add_argument("--seconds", type=float, default=2.0, help="time per artifact for the bare loop")
 
+    mrg = sub.add_parser("merge", help="merge the run directories of a suite's shards into one run directory")
+    mrg.add_argument("shard_dirs", nargs="+", type=Path, help="the run directories of shards 1/N .. N/N")
+    mrg.add_argument("--out", type=Path, required=True, help="the merged run directory (must not exist yet)")
+
     sub.add_parser("env", help="print the environment fingerprint")
     return parser
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from bench.gates import gate_lines, with_overrides
     from bench.report import render_report
     from bench.runner import default_run_dir, run_suite
     from bench.suite import load_suite
@@ -75,6 +115,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     if args.profile:
         suite.measurement.profile = args.profile
+    suite.gate = with_overrides(suite.gate, args.gate, suite.measurement.batch_sizes)
     run_dir = args.out or default_run_dir(suite)
     try:
         meta = run_suite(
@@ -85,6 +126,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             shard=args.shard,
             device=args.device,
             progress=not args.no_progress,
+            remeasure=args.remeasure,
+            cell_timeout=args.cell_timeout,
         )
     except KeyboardInterrupt:
         print(
@@ -96,13 +139,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     report = render_report([run_dir], run_dir / "report.html")
     from bench.results import load_run
 
-    print(summary_table(load_run(run_dir).records))
+    records = load_run(run_dir).records
+    print(summary_table(records))
     for v in meta["invariants"]["violations"]:
         print(f"invariant violated: {v['check']}: {v['artifact']}: {v['detail']}")
-    counts = meta["counts"]
-    print(f"\n{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed; run directory: {run_dir}")
+    for line in gate_lines(records):  # failed gates, then inconclusive ones (a warning: they do not fail the run)
+        print(line)
+    counts, gates = meta["counts"], meta.get("gates") or {}
+    gated = f"{gates['fail']} gates failed, {gates['inconclusive']} inconclusive; " if gates.get("checked") else ""
+    print(f"\n{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed; {gated}", end="")
+    print(f"run directory: {run_dir}")
     print(f"report: {report}")
-    return 1 if counts["failed"] else 0
+    return 1 if counts["failed"] or gates.get("fail") else 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -133,14 +181,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from bench.compare import compare_runs, format_comparison
-    from bench.results import load_run
+    from bench.compare import compare_runs, load_evidence, resolve_thresholds
+    from bench.compare_format import terminal, write_json, write_markdown
 
-    rows = compare_runs(
-        load_run(args.baseline), load_run(args.candidate), args.latency_threshold, args.accuracy_threshold
+    baseline, candidate = load_evidence(args.baseline), load_evidence(args.candidate)
+    thresholds = resolve_thresholds(
+        candidate.meta,
+        latency=args.latency_threshold,
+        accuracy=args.accuracy_threshold,
+        size=args.size_threshold,
+        memory=args.memory_threshold,
     )
-    print(format_comparison(rows))
-    return 1 if any(r["regression"] for r in rows) else 0
+    comparison = compare_runs(baseline, candidate, thresholds, force=args.force)
+    print(terminal(comparison))
+    if args.json:
+        write_json(comparison, args.json)
+    if args.markdown:
+        write_markdown(comparison, args.markdown)
+    return 1 if comparison.regressions else 0
 
 
 def _cmd_crosscheck(args: argparse.Namespace) -> int:
@@ -158,6 +216,27 @@ def _cmd_crosscheck(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from bench.gates import gate_lines
+    from bench.merge import REPORT_FILE, merge_shards
+    from bench.results import load_run
+    from bench.summary import summary_table
+
+    meta = merge_shards(args.shard_dirs, args.out)
+    records = load_run(args.out).records
+    print(summary_table(records))
+    for v in meta["invariants"]["violations"]:
+        print(f"invariant violated: {v['check']}: {v['artifact']}: {v['detail']}")
+    for line in gate_lines(records):
+        print(line)
+    counts, gates = meta["counts"], meta.get("gates") or {}
+    gated = f"{gates['fail']} gates failed, {gates['inconclusive']} inconclusive; " if gates.get("checked") else ""
+    print(f"\n{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed; {gated}", end="")
+    print(f"merged {len(meta['shards'])} shards into {args.out}")
+    print(f"report: {args.out / REPORT_FILE}")
+    return 1 if counts["failed"] or gates.get("fail") else 0
+
+
 def _cmd_env(args: argparse.Namespace) -> int:
     from bench.env import environment
 
@@ -171,6 +250,7 @@ COMMANDS: dict[str, Any] = {
     "report": _cmd_report,
     "compare": _cmd_compare,
     "crosscheck": _cmd_crosscheck,
+    "merge": _cmd_merge,
     "env": _cmd_env,
 }
 

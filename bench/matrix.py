@@ -92,8 +92,11 @@ def build_cells(suite: Suite, device: str = "cpu") -> list[Cell]:
 
 
 def select_shard(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
-    """Shard I of N (1-based) takes every N-th cell, so shards are balanced across the axes."""
+    """Shard I of N (1-based): a cost-balanced share that keeps the cells of one training (dataset, model, recipe)
+    together, deterministic on every machine (bench.shards); in suite order, possibly empty."""
     if shard is None:
         return cells
+    from bench.shards import select
+
     index, count = shard
-    return cells[index - 1 :: count]
+    return select(cells, index, count)

@@ -14,9 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import subprocess
-import sys
-import tempfile
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -37,14 +35,14 @@ from bench.evaluate import evaluate
 from bench.matrix import Cell
 from bench.measure.latency import resolve_profile
 from bench.measure.memory import PeakRSS
-from bench.measure.sessions import pin_threads_env, sha256_file
+from bench.measure.schedule import MeasureJob, measure_interleaved
+from bench.measure.sessions import sha256_file
 from bench.models import build_model
 from bench.plugins import registry
 from bench.registry import NoConfig
 from bench.runtimes import Exported
 from bench.suite import Choice, Suite
 from bench.types import CompressContext, DataSplits, lowering_from_dict
-from bench.userimport import subprocess_env
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +61,14 @@ class Pipeline:
     """Runs and caches the stages of a suite's cells; one instance per run."""
 
     def __init__(
-        self, suite: Suite, cache: StageCache, stages_log: Path, device: str, threads: int, environment: dict[str, Any]
+        self,
+        suite: Suite,
+        cache: StageCache,
+        stages_log: Path,
+        device: str,
+        threads: int,
+        environment: dict[str, Any],
+        remeasure: bool = False,
     ) -> None:
         self.suite = suite
         self.cache = cache
@@ -71,6 +76,8 @@ class Pipeline:
         self.device = device
         self.threads = threads
         self.environment = environment
+        self.remeasure = remeasure or suite.measurement.remeasure
+        self.run_id = f"{time.time_ns()}-{os.getpid()}"  # makes `remeasure` keys unique to this run
         self._memo: dict[tuple[str, str], StageResult] = {}
         self._splits: dict[str, DataSplits] = {}
         self.current_cell: str | None = None
@@ -97,10 +104,10 @@ class Pipeline:
             else:
                 staging = self.cache.staging(kind, key)
                 meta = build(staging)
-                meta["seconds"] = time.perf_counter() - start
+                meta.setdefault("seconds", time.perf_counter() - start)
                 path = self.cache.commit(kind, key, staging, meta)
             value = load(path, meta) if load else None
-        seconds = time.perf_counter() - start
+        seconds = meta["seconds"] if not hit else time.perf_counter() - start
         jsonl.append(
             self.stages_log,
             {
@@ -220,9 +227,9 @@ class Pipeline:
 
     # -- measure ----------------------------------------------------------------------------------------------
 
-    def measure(self, cell: Cell, data: StageResult, exported: StageResult) -> StageResult:
+    def _measure_plan(self, cell: Cell, data: StageResult, exported: StageResult) -> tuple[dict[str, Any], Any]:
+        """(cache config, worker spec) of one artifact's measurement."""
         m = self.suite.measurement
-        profile = resolve_profile(m)
         spec = {
             "session": exported.meta["exported"]["session"],  # the opener its runtime named at export
             "path": str(exported.path / exported.meta["exported"]["main_file"]),
@@ -230,21 +237,59 @@ class Pipeline:
             "threads": self.threads,
             "batch_sizes": m.batch_sizes,
             "input_shape": data.meta["in_shape"],
-            "profile": dataclasses.asdict(profile),
+            "profile": dataclasses.asdict(resolve_profile(m)),
             "seed": self.suite.seed,
+            "memory": m.memory,
             "options": registry("runtime").get(cell.runtime.name).obj(cell.runtime.config).session_options(),
             "sha256": exported.meta["sha256"],
         }
-
-        def build(staging: Path) -> dict[str, Any]:
-            result = run_worker(spec, self.threads)
-            (staging / "samples.json").write_text(json.dumps(result.pop("samples_ms")))
-            return {"result": result, "profile": m.profile, "threads": self.threads}
-
         from bench.env import machine_key
 
-        config = {"measurement": to_dict(m), "machine": machine_key(self.environment, self.threads)}
-        return self._stage("measure", config, [exported.key], build)
+        settings = {k: v for k, v in to_dict(m).items() if k != "remeasure"}
+        config: dict[str, Any] = {"measurement": settings, "machine": machine_key(self.environment, self.threads)}
+        if self.remeasure:  # a key of this run alone: measured afresh even when the artifact is cached
+            config["run"] = self.run_id
+        return config, spec
+
+    def measure_many(
+        self, items: list[tuple[Cell, StageResult, StageResult]], timeout_s: float | None = None
+    ) -> list[StageResult | Exception]:
+        """The measure stages of several cells' artifacts (cell, data, exported): the artifacts not in the cache are
+        measured together, interleaved, each in several processes (bench.measure.schedule); per item, its stage
+        result, or the exception that stopped its artifact's measurement."""
+        plans = []
+        jobs: dict[str, MeasureJob] = {}
+        for cell, data, exported in items:
+            config, spec = self._measure_plan(cell, data, exported)
+            key = stage_key("measure", config, [exported.key])
+            plans.append((cell, config, exported))
+            if ("measure", key) not in self._memo and not self.cache.has("measure", key):
+                jobs.setdefault(key, MeasureJob(key, spec))
+        outcomes = measure_interleaved(list(jobs.values()), self.threads, timeout_s)
+        results: list[StageResult | Exception] = []
+        for cell, config, exported in plans:
+            outcome = outcomes.get(stage_key("measure", config, [exported.key]))
+            if isinstance(outcome, Exception):
+                results.append(outcome)
+                continue
+
+            def build(staging: Path, outcome: dict[str, Any] | None = outcome) -> dict[str, Any]:
+                assert outcome is not None  # a key not in the cache was measured above
+                result = dict(outcome)
+                (staging / "samples.json").write_text(json.dumps(result.pop("samples_ms")))
+                meta = {"result": result, "profile": self.suite.measurement.profile, "threads": self.threads}
+                return meta | {"seconds": result["seconds"]}  # the processes' time, not this commit's
+
+            self.current_cell = cell.cell_id
+            results.append(self._stage("measure", config, [exported.key], build))
+        return results
+
+    def measure(self, cell: Cell, data: StageResult, exported: StageResult) -> StageResult:
+        """One cell's measure stage (bench.measure.schedule runs its processes)."""
+        (result,) = self.measure_many([(cell, data, exported)])
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     # -- baseline ---------------------------------------------------------------------------------------------
 
@@ -285,22 +330,6 @@ BASELINE_RUNTIME = Choice("runtime", "eager", "eager", NoConfig())
 
 def is_baseline(cell: Cell) -> bool:
     return cell.compression.record() == {"name": "none"} and cell.runtime.record() == {"name": "eager"}
-
-
-def run_worker(spec: dict[str, Any], threads: int) -> dict[str, Any]:
-    """Run bench.measure.worker in a fresh process on `spec`; its stderr becomes the error if it fails."""
-    with tempfile.TemporaryDirectory(prefix="bench-measure-") as tmp:
-        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
-        spec_path.write_text(json.dumps(spec))
-        proc = subprocess.run(
-            [sys.executable, "-m", "bench.measure.worker", str(spec_path), str(out_path)],
-            capture_output=True,
-            text=True,
-            env=subprocess_env(pin_threads_env(threads)),  # the worker unpickles user models too
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"measurement worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-        return json.loads(out_path.read_text())
 
 
 def _load_module(path: Path, meta: dict[str, Any]) -> nn.Module:

@@ -235,29 +235,74 @@ class ArtifactInfo(JsonObject):
 
 @dataclasses.dataclass
 class MetricVerdict(JsonObject):
-    """One accuracy against its baseline's: kept when value >= ratio * baseline."""
+    """One accuracy against its baseline's (bench.checks.budget_verdict): "kept" when value >= limit (ratio *
+    baseline); "lost" when below it and the exact McNemar test on the same samples supports a drop (p <= 0.05);
+    else "inconclusive". `kept` is True / False / None for the three. b: samples right at the baseline and wrong
+    in the cell, c: the reverse; ci: the 95% interval of value - baseline. Records written before these
+    statistics have only value, baseline and kept."""
 
     value: float | None = None
     baseline: float | None = None
     kept: bool | None = None
+    verdict: str | None = None  # "kept", "lost" or "inconclusive"
+    limit: float | None = None
+    n: int | None = None
+    b: int | None = None
+    c: int | None = None
+    p_value: float | None = None
+    ci: list[float] | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"verdict", "limit", "n", "b", "c", "p_value", "ci"})
 
 
 @dataclasses.dataclass
 class BudgetVerdict(JsonObject):
-    """Does the cell keep `ratio` of its baseline's accuracies (None for a metric that does not apply)?"""
+    """Does the cell keep `ratio` of its baseline's accuracies (None for a metric that does not apply)?
+    `within_budget` is False only when a metric is "lost"; `verdict` is "lost" if any metric is, else
+    "inconclusive" if any is, else "kept"."""
 
     ratio: float | None = None
     clean_accuracy: MetricVerdict | None = None
     robust_accuracy: MetricVerdict | None = None
     within_budget: bool | None = None
+    verdict: str | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"verdict"})
+
+
+@dataclasses.dataclass
+class GateVerdict(JsonObject):
+    """One suite gate on one cell (bench.gates): "pass", "fail" or "inconclusive"; the value against the limit,
+    where the limit was set, a sentence saying why, and the statistics the gate used (only those it used)."""
+
+    verdict: str | None = None
+    value: float | None = None
+    limit: float | None = None
+    source: str | None = None  # "gate", "gate.select[i]" or "--gate"
+    detail: str | None = None
+    batch: int | None = None  # max_latency_ms
+    percentile: str | None = None  # max_latency_ms
+    metric: str | None = None  # budget: the accuracy that decided it
+    baseline: float | None = None  # budget: the baseline's accuracy of that metric
+    n: int | None = None  # samples (eval samples, or latency samples)
+    correct: int | None = None  # min_*_accuracy
+    b: int | None = None  # budget: samples right at the baseline, wrong in the cell
+    c: int | None = None  # budget: samples wrong at the baseline, right in the cell
+    p_value: float | None = None
+    ci: list[float] | None = None  # 95% interval: of the accuracy (min_*), of the difference (budget)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset(
+        {"batch", "percentile", "metric", "baseline", "n", "correct", "b", "c", "p_value", "ci"}
+    )
 
 
 @dataclasses.dataclass
 class CellRecord(JsonObject):
     """One cell of a run. The identity fields are always written; the outcome fields (from clean_accuracy to
-    budget) are written, null where they do not apply, for an ok cell, and left out of a skipped or failed one."""
+    gates) are written, null where they do not apply, for an ok cell, and left out of a skipped or failed one."""
 
     cell_id: str | None = None
     # the resolved axis entries ({"name": ..., **config}), as in the suite
@@ -304,6 +349,7 @@ class CellRecord(JsonObject):
     artifact: ArtifactInfo | None = None
     stages: dict[str, str] | None = None  # stage kind -> cache key
     budget: BudgetVerdict | None = None
+    gates: dict[str, GateVerdict] | None = None  # gate name -> its verdict on this cell (bench.gates)
 
     wall_s: float | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -314,9 +360,9 @@ class CellRecord(JsonObject):
 
 @functools.cache
 def _outcome_fields() -> frozenset[str]:
-    """The fields from clean_accuracy to budget: what only a cell whose stages all ran has."""
+    """The fields from clean_accuracy to gates: what only a cell whose stages all ran has."""
     names = [f.name for f in dataclasses.fields(CellRecord)]
-    return frozenset(names[names.index("clean_accuracy") : names.index("budget") + 1])
+    return frozenset(names[names.index("clean_accuracy") : names.index("gates") + 1])
 
 
 def read_records(path: Path) -> list[CellRecord]:

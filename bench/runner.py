@@ -10,12 +10,17 @@ are not recomputed.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,7 @@ from bench.cache import StageCache
 from bench.env import environment
 from bench.errors import BenchInputError
 from bench.evidence import Correctness, Timings, append_correctness, append_timings, read_timings
+from bench.gates import gate_counts
 from bench.invariants import run_invariants
 from bench.matrix import Cell, build_cells, select_shard
 from bench.parity import check_parity
@@ -58,18 +64,57 @@ def default_run_dir(suite: Suite, root: Path = Path("results")) -> Path:
 
 
 def run_stages(cell: Cell, pipeline: Pipeline) -> CellStages:
-    """Run (or take from the cache) the stages of one cell, in the order that keys and logs them, then check FP32
-    parity: a runtime that computes another model's outputs fails the cell."""
+    """Run (or take from the cache) every stage of one cell, its measurement included (tests and tools use this;
+    `run_suite` measures a group's artifacts together instead)."""
+    prepared = prepare_stages(cell, pipeline)
+    return dataclasses.replace(prepared, measured=pipeline.measure(cell, prepared.data, prepared.exported))
+
+
+def prepare_stages(cell: Cell, pipeline: Pipeline) -> CellStages:
+    """The stages of one cell but its measurement, in the order that keys and logs them, then the FP32 parity
+    check: a runtime that computes another model's outputs fails the cell. `measured` is left None."""
     data = pipeline.data(cell.dataset)
     trained = pipeline.train(cell, data)
     compressed = pipeline.compress(cell, data, trained)
     exported = pipeline.export(cell, data, compressed)
-    measured = pipeline.measure(cell, data, exported)
     evaluated = pipeline.evaluate(cell, data, compressed, exported)
     baseline = pipeline.baseline(cell, data, trained) if not is_baseline(cell) else evaluated
     if not compressed.meta.get("lowering"):
         check_parity(cell, evaluated.meta["agreement"])
-    return CellStages(data, trained, compressed, exported, measured, evaluated, baseline)
+    return CellStages(data, trained, compressed, exported, None, evaluated, baseline)  # type: ignore[arg-type]
+
+
+def groups_of(cells: list[Cell]) -> list[list[Cell]]:
+    """Cells that share a trained model (dataset, model, recipe), in suite order: each group's artifacts are
+    measured together, interleaved."""
+    groups: dict[tuple[str, str, str], list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.dataset.label, cell.model.label, cell.recipe.label), []).append(cell)
+    return list(groups.values())
+
+
+class CellTimeout(Exception):
+    """A cell ran past `limits.cell_timeout_s`."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise CellTimeout in this (main) thread after `seconds`; a subprocess being waited for is killed by the
+    wait's own cleanup (subprocess.run, the torchrun launcher), so a cell over its limit stops, whatever it runs."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise CellTimeout(f"timeout after {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def run_suite(
@@ -81,6 +126,8 @@ def run_suite(
     shard: tuple[int, int] | None = None,
     device: str | None = None,
     progress: bool = True,
+    remeasure: bool = False,
+    cell_timeout: float | None = None,
 ) -> dict[str, Any]:
     """Run every (missing) cell of `suite` into `run_dir`; returns run.json's content."""
     device = resolve_device(device or suite.device)
@@ -93,7 +140,7 @@ def run_suite(
     torch.set_num_threads(threads)  # pinned for training, evaluation and measurement alike; recorded below
     env = environment()
     cells = select_shard(build_cells(suite, device), shard)
-    pipeline = Pipeline(suite, StageCache(cache_dir), run_dir / STAGES_FILE, device, threads, env)
+    pipeline = Pipeline(suite, StageCache(cache_dir), run_dir / STAGES_FILE, device, threads, env, remeasure)
     # Data first: missing dataset files are the user's mistake (exit 2), found before anything is written.
     try:
         pipeline.load_datasets([cell.dataset for cell in cells])
@@ -135,25 +182,12 @@ def run_suite(
         dynamic_ncols=True,
         desc=suite.name,
     )
+    timeout = cell_timeout if cell_timeout is not None else suite.limits.cell_timeout_s
     try:
-        for cell in todo:
-            bar.set_postfix_str(cell.cell_id, refresh=True)
-            record = identity_record(cell, suite.seed, device)
-            start = time.perf_counter()
-            if cell.skip_reason:
-                record = skipped_record(record, cell.skip_reason)
-            else:
-                pipeline.current_cell = cell.cell_id
-                try:
-                    stages = run_stages(cell, pipeline)
-                    record = ok_record(record, stages, suite.evaluation.budget)
-                    evidence.write(record, stages)
-                except Exception as exc:  # a failing cell is recorded, and the run goes on
-                    log.warning("cell %s failed: %s", cell.cell_id, exc)
-                    record = failed_record(record, exc)
-            record.wall_s = time.perf_counter() - start
-            jsonl.append(cells_path, record.to_json())
-            bar.update(1)
+        for group in groups_of(todo):
+            for record in run_group(group, pipeline, suite, device, evidence, timeout, bar):
+                jsonl.append(cells_path, record.to_json())
+                bar.update(1)
     except KeyboardInterrupt:
         run_meta.update(status="interrupted", interrupted_at=_now())
         jsonl.write_json_atomic(run_dir / RUN_FILE, run_meta)
@@ -164,13 +198,69 @@ def run_suite(
     counts = {s: sum(r.status == s for r in records) for s in ("ok", "skipped", "failed")}
     invariants = run_invariants([r.to_json() for r in records])  # bench.invariants reads JSON records
     run_meta.update(status="complete", finished_at=_now(), counts=counts, invariants=invariants)
+    run_meta["gates"] = gate_counts(records)  # verdicts of the suite gates over all records (bench.gates)
     jsonl.write_json_atomic(run_dir / RUN_FILE, run_meta)
     return run_meta
 
 
+def run_group(
+    group: list[Cell],
+    pipeline: Pipeline,
+    suite: Suite,
+    device: str,
+    evidence: EvidenceWriter,
+    timeout: float | None,
+    bar: Any,
+) -> list[CellRecord]:
+    """The records of one group of cells, in suite order: each cell's stages but measurement (under its time
+    limit), then the measurement of the group's artifacts together, then the records."""
+    records: dict[str, CellRecord] = {}
+    prepared: dict[str, tuple[Cell, CellStages]] = {}
+    seconds: dict[str, float] = {}
+    for cell in group:
+        bar.set_postfix_str(cell.cell_id, refresh=True)
+        identity = identity_record(cell, suite.seed, device)
+        start = time.perf_counter()
+        if cell.skip_reason:
+            records[cell.cell_id] = skipped_record(identity, cell.skip_reason)
+        else:
+            pipeline.current_cell = cell.cell_id
+            try:
+                with time_limit(timeout):
+                    prepared[cell.cell_id] = (cell, prepare_stages(cell, pipeline))
+            except Exception as exc:  # a failing cell is recorded, and the run goes on
+                log.warning("cell %s failed: %s", cell.cell_id, exc)
+                records[cell.cell_id] = failed_record(identity, exc)
+        seconds[cell.cell_id] = time.perf_counter() - start
+    bar.set_postfix_str(f"measuring {len({s.exported.key for _, s in prepared.values()})} artifacts", refresh=True)
+    items = [(cell, stages.data, stages.exported) for cell, stages in prepared.values()]
+    measured = pipeline.measure_many(items, timeout)
+    for (cell, stages), result in zip(prepared.values(), measured, strict=True):
+        identity = identity_record(cell, suite.seed, device)
+        try:
+            if isinstance(result, Exception):
+                raise result
+            stages = dataclasses.replace(stages, measured=result)
+            record = ok_record(identity, stages, suite.evaluation.budget, suite.gate.for_cell(cell))
+            evidence.write(record, stages)
+            if not result.cache_hit and result.key not in evidence.measured_seconds_counted:
+                seconds[cell.cell_id] += result.meta["seconds"]  # the first cell of an artifact carries its timing
+                evidence.measured_seconds_counted.add(result.key)
+        except Exception as exc:
+            log.warning("cell %s failed: %s", cell.cell_id, exc)
+            record = failed_record(identity, exc)
+        records[cell.cell_id] = record
+    out = []
+    for cell in group:
+        record = records[cell.cell_id]
+        record.wall_s = seconds[cell.cell_id]
+        out.append(record)
+    return out
+
+
 def suite_hash(suite: Suite) -> str:
     """A hash of the resolved suite without its file path: shards and re-runs of one suite share it."""
-    resolved = {k: v for k, v in suite.resolved().items() if k != "file"}
+    resolved = {k: v for k, v in suite.resolved().items() if k not in ("file", "gate")}  # gates judge, not measure
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -182,6 +272,7 @@ class EvidenceWriter:
         self.run_dir = run_dir
         self._timed = set(read_timings(run_dir))
         self._eval_sha: dict[str, str] = {}
+        self.measured_seconds_counted: set[str] = set()
 
     def write(self, record: CellRecord, stages: CellStages) -> None:
         import torch

@@ -20,6 +20,7 @@ from bench import userimport
 from bench.config import check_range, parse_config, to_dict
 from bench.entries import AXES, PLURAL, RULE_KEYS, Choice, disambiguate, parse_entry
 from bench.errors import BenchInputError, ConfigError
+from bench.gates import GateConfig, parse_gate
 from bench.rules import check_rules
 
 
@@ -33,7 +34,9 @@ class MeasurementConfig:
     min_iterations: int | None = None
     min_duration_s: float | None = None
     max_duration_s: float | None = None
-    memory: bool = True  # measure peak memory in a fresh process per artifact
+    memory: bool = True  # measure peak memory (one process per artifact runs the memory pass)
+    processes: int | None = None  # measurement processes per artifact; None: the profile's (smoke 1, dev 3, ...)
+    remeasure: bool = False  # measure latency afresh even when the artifact's measurement is in the cache
 
     def __post_init__(self) -> None:
         if not self.batch_sizes:
@@ -44,6 +47,17 @@ class MeasurementConfig:
         check_range("min_iterations", self.min_iterations, lo=1)
         check_range("min_duration_s", self.min_duration_s, lo=0)
         check_range("max_duration_s", self.max_duration_s, lo=0, lo_open=True)
+        check_range("processes", self.processes, lo=1)
+
+
+@dataclasses.dataclass
+class LimitsConfig:
+    """Time limits: a cell running longer than `cell_timeout_s` is stopped and recorded as failed (timeout)."""
+
+    cell_timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        check_range("cell_timeout_s", self.cell_timeout_s, lo=0, lo_open=True)
 
 
 @dataclasses.dataclass
@@ -75,6 +89,8 @@ class Suite:
     exclude: list[dict[str, Any]]
     include: list[dict[str, Any]]
     description: str = ""
+    limits: LimitsConfig = dataclasses.field(default_factory=lambda: LimitsConfig())
+    gate: GateConfig = dataclasses.field(default_factory=GateConfig)  # limits a cell must meet (bench.gates)
 
     def choices(self, axis: str) -> list[Choice]:
         """The entries of an axis; `dataset` is an axis of the matrix too."""
@@ -92,8 +108,10 @@ class Suite:
             **{PLURAL[a]: [c.record() | {"label": c.label} for c in self.axes[a]] for a in AXES},
             "measurement": to_dict(self.measurement),
             "evaluation": to_dict(self.evaluation),
+            "limits": to_dict(self.limits),
             "exclude": self.exclude,
             "include": self.include,
+            "gate": self.gate.to_dict(),
         }
 
 
@@ -109,6 +127,8 @@ TOP_LEVEL_KEYS = (
     "evaluation",
     "exclude",
     "include",
+    "limits",
+    "gate",
 )
 
 
@@ -207,11 +227,13 @@ def _parse_suite(data: Any, path: Path) -> Suite:
         axes=axes,
         measurement=_section(data, "measurement", MeasurementConfig),
         evaluation=_section(data, "evaluation", EvaluationConfig),
+        limits=_section(data, "limits", LimitsConfig),
         exclude=rules["exclude"],
         include=rules["include"],
         description=str(data.get("description", "")),
     )
     check_rules(suite.exclude, suite.include, suite.choices)  # a rule naming nothing that exists is a mistake
+    suite.gate = parse_gate(data.get("gate"), suite.measurement.batch_sizes, suite.choices)
     return suite
 
 

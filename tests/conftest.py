@@ -5,6 +5,7 @@ attack and compression tests share, and small assertions several test files make
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,26 @@ def eval_subset(model: nn.Module, data: Any, n: int | None = None) -> tuple[torc
 def robust_accuracy(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, clean_correct: torch.Tensor) -> float:
     """The share of all samples that were correct clean and are still correct on their adversarial version."""
     return int((correct(model, x_adv, y) & clean_correct).sum()) / len(y)
+
+
+class Sleepy(nn.Module):
+    """A linear model whose forward sleeps: `when="always"` hangs training, `when="batch1"` only single-sample calls
+    under inference mode (the measurement worker's; evaluation uses larger batches, the MAC count no inference
+    mode). For the per-cell time limit."""
+
+    def __init__(self, num_classes: int, in_shape: tuple[int, int, int], sleep_s: float, when: str) -> None:
+        super().__init__()
+        self.fc = nn.Linear(int(torch.tensor(in_shape).prod()), num_classes)
+        self.sleep_s, self.when = sleep_s, when
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.when == "always" or (x.shape[0] == 1 and torch.is_inference_mode_enabled()):
+            time.sleep(self.sleep_s)
+        return self.fc(x.flatten(1))
+
+
+def sleepy_net(
+    num_classes: int, in_shape: tuple[int, int, int], sleep_s: float = 120.0, when: str = "always"
+) -> nn.Module:
+    """`Sleepy` as a user model factory (`tests.conftest:sleepy_net`)."""
+    return Sleepy(num_classes, in_shape, sleep_s, when)

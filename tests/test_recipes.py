@@ -90,10 +90,23 @@ def test_adversarial_training_beats_standard_under_pgd(trained, name):
     assert robust >= standard_robust + 0.10, (name, robust, standard_robust)
 
 
-def test_adversarial_training_costs_more_than_standard(trained):
-    standard_seconds = trained["standard"][2].seconds
-    assert trained["pgd_at"][2].seconds > standard_seconds  # 3 PGD steps: ~4x the passes
-    assert trained["trades"][2].seconds > standard_seconds
+def test_adversarial_training_does_more_work_than_standard(data):
+    """Counted in forward passes over samples, not in seconds: wall time on a shared machine is no evidence (the
+    seconds themselves are recorded in the cost and compared by benchmarks)."""
+    small = _subset(data)
+
+    def samples_forwarded(name: str) -> int:
+        entry, seen = RECIPES.get(name), [0]
+        model = _model(small)
+        model.register_forward_hook(lambda module, args, out: seen.__setitem__(0, seen[0] + len(args[0])))
+        params = {**PARAMS[name], "epochs": 1}
+        entry.obj(model, small, parse_config(entry.config_cls, params), seed=0, device="cpu")
+        return seen[0]
+
+    standard = samples_forwarded("standard")
+    assert standard == len(small.x_train)  # one pass over the data
+    assert samples_forwarded("pgd_at") == 4 * standard  # 3 PGD steps, then the training pass
+    assert samples_forwarded("trades") >= 5 * standard  # clean target, 3 KL steps, clean and adversarial logits
 
 
 def test_same_seed_same_weights(data):

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from plotly.offline import get_plotlyjs
 
@@ -158,11 +159,17 @@ def test_baseline_comparison(tmp_path: Path) -> None:
     base_cells[1]["clean_accuracy"] = 0.99  # the candidate's 0.92 is worse
     base = _write_run(tmp_path / "base", "baseline", base_cells)
     run = _write_run(tmp_path / "run", "candidate", cells)
+    # bench compare's rows: absolute points, and a drop is a regression only where McNemar on the samples supports it
+    from bench.evidence import Correctness, append_correctness
+
+    n = 300
+    for run_dir, correct in ((base, 297), (run, round(cells[1]["clean_accuracy"] * n))):
+        flags = [i < correct for i in range(n)]
+        append_correctness(run_dir, Correctness(cells[1]["cell_id"], "sha", np.array(flags), None))
     html = render_report([run], tmp_path / "report.html", baseline=base).read_text(encoding="utf-8")
     assert "Comparison with baseline baseline" in html
-    change = (cells[0]["clean_accuracy"] - 0.80) / 0.80
-    assert f"{change * 100:+.1f}%" in html
-    assert "80.0% → 95.0%" in html
+    assert f"{(cells[0]['clean_accuracy'] - 0.80) * 100:+.1f} pts better" in html
+    assert "-7.0 pts p&lt;0.001 regression" in html
     assert 'class="num worse"' in html
 
 

@@ -4,6 +4,11 @@ Profiles follow MLPerf LoadGen's and optimum-benchmark's stop rules (min queries
 CI, `dev` for laptops and pytest, `nightly` enough samples for a valid p90, `publish` for a valid p99.
 A percentile from fewer samples than LoadGen's early-stopping bound (p90: 64, p95: 130, p99: 662) is marked
 `insufficient` and must not be gated on.
+
+Each artifact is timed in `processes` fresh processes, interleaved with the other artifacts of its group (asv and
+pyperf do the same): one process's state (allocator, page cache, what else ran on the machine then) is one sample
+of the noise, and the variation between processes is what a comparison between runs must beat. The profile's
+iterations and durations are split between the processes; each process warms up in full.
 """
 
 from __future__ import annotations
@@ -24,22 +29,34 @@ class Profile:
     min_iterations: int
     min_duration_s: float
     max_duration_s: float
+    processes: int = 1
+
+    def per_process(self) -> Profile:
+        """One process's share: the iterations and durations split between the processes, the warm-up in full."""
+        n = max(1, self.processes)
+        return dataclasses.replace(
+            self,
+            min_iterations=max(1, -(-self.min_iterations // n)),
+            min_duration_s=self.min_duration_s / n,
+            max_duration_s=self.max_duration_s / n,
+            processes=1,
+        )
 
 
 PROFILES = {
-    "smoke": Profile(warmup_iterations=2, warmup_s=0.02, min_iterations=5, min_duration_s=0.1, max_duration_s=5),
-    "dev": Profile(warmup_iterations=10, warmup_s=0.1, min_iterations=20, min_duration_s=1.0, max_duration_s=30),
-    "nightly": Profile(warmup_iterations=10, warmup_s=1.0, min_iterations=130, min_duration_s=10, max_duration_s=120),
-    "publish": Profile(warmup_iterations=10, warmup_s=2.0, min_iterations=662, min_duration_s=60, max_duration_s=600),
+    "smoke": Profile(2, 0.02, min_iterations=5, min_duration_s=0.1, max_duration_s=5, processes=1),
+    "dev": Profile(10, 0.1, min_iterations=30, min_duration_s=1.5, max_duration_s=30, processes=3),
+    "nightly": Profile(10, 1.0, min_iterations=130, min_duration_s=10, max_duration_s=120, processes=5),
+    "publish": Profile(10, 2.0, min_iterations=662, min_duration_s=60, max_duration_s=600, processes=10),
 }
 
 
 def resolve_profile(measurement: Any) -> Profile:
-    """The suite's profile with its explicit overrides (min_iterations, min_duration_s, max_duration_s)."""
+    """The suite's profile with its explicit overrides (min_iterations, min/max_duration_s, processes)."""
     base = PROFILES[measurement.profile]
     overrides = {
         k: getattr(measurement, k)
-        for k in ("min_iterations", "min_duration_s", "max_duration_s")
+        for k in ("min_iterations", "min_duration_s", "max_duration_s", "processes")
         if getattr(measurement, k, None) is not None
     }
     return dataclasses.replace(base, **overrides)

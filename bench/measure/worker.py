@@ -20,8 +20,26 @@ from bench.measure.latency import Profile, summarize, time_calls, time_calls_cud
 from bench.measure.memory import PeakRSS
 from bench.measure.sessions import open_session
 
+REFERENCE_SIZE = 256  # a float32 matmul of this size: about a millisecond on a laptop core
+
+
+def reference_ms(rng: np.random.Generator, calls: int = 25) -> list[float]:
+    """Times of a fixed workload (a BLAS matmul on the same pinned threads), so that an artifact's latency can be
+    read relative to the machine's speed at that moment: drift between runs moves both alike."""
+    a = rng.random((REFERENCE_SIZE, REFERENCE_SIZE), dtype=np.float32)
+    b = rng.random((REFERENCE_SIZE, REFERENCE_SIZE), dtype=np.float32)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter_ns()
+        a @ b
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    return times
+
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """One process's measurement of one artifact (its share of the profile); the parent pools the processes."""
     profile = Profile(**spec["profile"])
     batch_sizes = [int(b) for b in spec["batch_sizes"]]
     rng = np.random.default_rng(spec.get("seed", 0))
@@ -43,20 +61,22 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         profile = dataclasses.replace(profile, warmup_iterations=session.min_warmup_iterations)
     inputs = {b: session.prepare(rng.random((b, *shape), dtype=np.float32)) for b in batch_sizes}
     largest = max(batch_sizes)
+    reference = reference_ms(rng)
 
     t0 = time.perf_counter()
     session.run(inputs[batch_sizes[0]])
     session.sync()
     result["first_call_ms"] = (time.perf_counter() - t0) * 1e3
 
-    # Memory pass, apart from the timed pass: peak RSS while running the largest batch.
+    # Memory pass, apart from the timed pass: peak RSS while running the largest batch (one process of the
+    # artifact's does it; `memory: false` in the suite skips it and reports the load's peak only).
     cuda = session.torch_cuda
     if cuda:
         import torch
 
         torch.cuda.reset_peak_memory_stats()
     with PeakRSS() as peak:
-        for _ in range(max(3, profile.min_iterations // 4)):
+        for _ in range(max(3, profile.min_iterations // 4) if spec.get("memory", True) else 0):
             session.run(inputs[largest])
             session.sync()
     result["peak_rss_mb"] = max(peak.mb, load_peak.mb)
@@ -84,6 +104,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     p50 = latency[str(largest)]["p50"]
     result["throughput_sps"] = largest / (p50 / 1e3) if p50 > 0 else None
     result["throughput_batch"] = largest
+    result["reference_ms"] = float(np.median(reference + reference_ms(rng)))  # before and after the timed calls
     result.update(session.details())
     return result
 

@@ -6,10 +6,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
-from bench.record import CellRecord
+from bench.record import CellRecord, MetricVerdict
 from bench.report.data import Run, cell_id, cost, num, p50
 
 Td = dict[str, Any]
@@ -108,20 +107,60 @@ def matrix(runs: list[Run], tags: list[str]) -> tuple[list[str], list[Row]]:
 
 
 def _budget_td(cell: CellRecord) -> Td:
-    """Within the accuracy budget of the uncompressed baseline (clean and robust), as MLPerf's 99% rule."""
+    """Within the accuracy budget of the uncompressed baseline (clean and robust), as MLPerf's 99% rule: kept,
+    lost (below the limit and a paired test supports the drop) or inconclusive (below it, but too few samples to
+    tell), with n and the 95% interval of the difference in the tooltip."""
     budget = cell.budget
     if budget is None or budget.within_budget is None:
         return td(None)
-    ok = bool(budget.within_budget)
     verdicts = {"clean": budget.clean_accuracy, "robust": budget.robust_accuracy}
-    lost = [metric for metric, verdict in verdicts.items() if verdict is not None and not verdict.kept]
-    text = "kept" if ok else "lost: " + ", ".join(lost)
-    return td(
-        text,
-        int(ok),
-        "status ok" if ok else "status failed",
-        title=f"at least {num(budget.ratio) or 0:.0%} of the uncompressed eager baseline",
-    )
+    outcome = {metric: metric_outcome(v) for metric, v in verdicts.items() if v is not None}
+    lost = [metric for metric, o in outcome.items() if o == "lost"]
+    unsure = [metric for metric, o in outcome.items() if o == "inconclusive"]
+    if lost or budget.within_budget is False:
+        text, rank, cls = "lost: " + ", ".join(lost or ["?"]), 0, "status failed"
+    elif unsure:
+        text, rank, cls = "inconclusive: " + ", ".join(unsure), 1, "status skipped"
+    else:
+        text, rank, cls = "kept", 2, "status ok"
+    title = [f"at least {(num(budget.ratio) or 0) * 100:g}% of the uncompressed eager baseline"]
+    title += [f"{metric}: {budget_detail(v)}" for metric, v in verdicts.items() if v is not None]
+    return td(text, rank, cls, title="\n".join(title))
+
+
+def metric_outcome(verdict: MetricVerdict) -> str:
+    """kept / lost / inconclusive of one metric (a record from before the paired test has only `kept`)."""
+    if verdict.verdict in ("kept", "lost", "inconclusive"):
+        return str(verdict.verdict)
+    return {True: "kept", False: "lost"}.get(verdict.kept, "inconclusive")  # type: ignore[arg-type]
+
+
+def budget_detail(verdict: MetricVerdict) -> str:
+    """One metric of the budget in words: value against its limit, n, discordant samples, p and the interval."""
+    value, base, limit = num(verdict.value), num(verdict.baseline), num(verdict.limit)
+    text = f"{pct(value) or MISSING} vs baseline {pct(base) or MISSING}"
+    if limit is not None:
+        text += f" (limit {pct(limit)})"
+    text += f": {metric_outcome(verdict)}"
+    if verdict.n is not None:
+        text += f"; n={verdict.n}, {verdict.b} lost / {verdict.c} gained samples"
+        p = num(verdict.p_value)
+        text += f", p={p:.3g}" if p is not None else ""
+        ci = verdict.ci if isinstance(verdict.ci, list) and len(verdict.ci) == 2 else None
+        if ci is not None and all(num(x) is not None for x in ci):
+            text += f", 95% CI of the difference [{ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}] points"
+    return text
+
+
+def failed_gates(run: Run) -> dict[str, list[dict[str, str]]]:
+    """The run's gates that failed and those that were inconclusive: {"failed": [...], "inconclusive": [...]}."""
+    out: dict[str, list[dict[str, str]]] = {"failed": [], "inconclusive": []}
+    for cell in run.cells:
+        for name, gate in (cell.gates or {}).items():
+            key = {"fail": "failed", "inconclusive": "inconclusive"}.get(str(gate.verdict))
+            if key:
+                out[key].append({"cell": cell_id(cell), "gate": str(name), "detail": str(gate.detail or "")})
+    return out
 
 
 def run_invariants(runs: list[Run], tags: list[str]) -> list[dict[str, str]]:
@@ -149,7 +188,8 @@ def environment(runs: list[Run]) -> list[tuple[str, list[str]]]:
 
 
 def failed_checks(runs: list[Run], tags: list[str]) -> list[dict[str, str]]:
-    """Every check whose ok is false (a missing ok is not a failure: the check may not have run)."""
+    """Every check whose ok is false (a missing ok is not a failure: the check may not have run), and every metric
+    whose accuracy budget was lost."""
     failures = []
     for run, tag in zip(runs, tags, strict=True):
         for cell in run.cells:
@@ -157,56 +197,31 @@ def failed_checks(runs: list[Run], tags: list[str]) -> list[dict[str, str]]:
                 if isinstance(check, dict) and check.get("ok") is False:
                     detail = str(check.get("detail") or "")
                     failures.append({"run": tag, "cell": cell_id(cell), "name": str(name), "detail": detail})
+            budget = cell.budget
+            verdicts = {} if budget is None else {"clean": budget.clean_accuracy, "robust": budget.robust_accuracy}
+            for metric, verdict in verdicts.items():
+                if verdict is not None and metric_outcome(verdict) == "lost":
+                    name = f"accuracy budget lost: {metric}"
+                    failures.append({"run": tag, "cell": cell_id(cell), "name": name, "detail": budget_detail(verdict)})
     return failures
 
 
-Getter = Callable[[CellRecord], float | None]
-Formatter = Callable[[float | None], str | None]
-
-# (header, value, format, higher is better, relative tolerance before a change counts as worse).
-# Latency gets 5% because timings are noisy; accuracy and size are deterministic, so any loss counts.
-METRICS: list[tuple[str, Getter, Formatter, bool, float]] = [
-    ("clean acc", lambda c: num(c.clean_accuracy), pct, True, 0.0),
-    ("robust acc", lambda c: num(c.robust_accuracy), pct, True, 0.0),
-    ("p50 b1 (ms)", lambda c: p50(c, 1)[0], ms, False, 0.05),
-    ("size", lambda c: num(c.model_size_bytes), human_bytes, False, 0.0),
-]
-
-
-def relative_change(base: float | None, new: float | None) -> float | None:
-    if base is None or new is None or base == 0:
-        return None
-    return (new - base) / abs(base)
-
-
-def _change_td(base: float | None, new: float | None, higher_is_better: bool, tolerance: float) -> Td:
-    change = relative_change(base, new)
-    if change is None:
-        return td(None, cls="num")
-    gain = change if higher_is_better else -change
-    cls = "worse" if gain < -tolerance else "better" if gain > tolerance else ""
-    return td(f"{change * 100:+.1f}%", change, f"num {cls}")
-
-
 def comparison(baseline: Run, runs: list[Run], tags: list[str]) -> tuple[list[str], list[Row]]:
-    """Cells present in both the baseline and a run, matched by cell id: baseline -> candidate and the change."""
-    base_cells = {cell_id(c): c for c in baseline.cells if c.cell_id}
-    headers = (["run"] if len(runs) > 1 else []) + ["cell"]
-    for name, *_ in METRICS:
-        headers += [f"{name}: baseline → candidate", "change"]
+    """`bench compare`'s rows of each run against the baseline (bench/compare.py): every baseline cell, severity
+    first, with the same verdicts, units (accuracy in absolute points) and noise rules (exact McNemar, Mann-Whitney
+    on per-process medians) and the candidate suite's thresholds."""
+    from bench.compare import RunEvidence, compare_runs, resolve_thresholds
+    from bench.compare_format import COLUMNS, report_cells
+
+    base = RunEvidence.from_parts(baseline.path, baseline.meta, baseline.cells)
+    headers = (["run"] if len(runs) > 1 else []) + [*COLUMNS, "details"]
     rows = []
     for run, tag in zip(runs, tags, strict=True):
-        for cell in run.cells:
-            base = base_cells.get(cell_id(cell))
-            if base is None:
-                continue
+        candidate = RunEvidence.from_parts(run.path, run.meta, run.cells)
+        for row in compare_runs(base, candidate, resolve_thresholds(run.meta)).rows:
             tds = [td(tag, tag)] if len(runs) > 1 else []
-            tds.append(td(cell_id(cell), cell_id(cell), "id"))
-            for _, value, fmt, higher_is_better, tolerance in METRICS:
-                old, new = value(base), value(cell)
-                tds.append(td(f"{fmt(old) or MISSING} → {fmt(new) or MISSING}", new, "num"))
-                tds.append(_change_td(old, new, higher_is_better, tolerance))
-            rows.append({"tds": tds})
+            tds += [td(text, sort, cls) for _, text, sort, cls in report_cells(row)]
+            rows.append({"status": row.status, "tds": tds})
     return headers, rows
 
 
@@ -221,6 +236,7 @@ def status_row(run: Run) -> dict[str, Any]:
         "finished_at": meta.get("finished_at"),
         "seed": meta.get("seed"),
         "counts": run.counts(),
+        "gates": failed_gates(run),
         "path": str(run.path),
         # The resolved suite, pretty-printed for a collapsed <details>: what exactly was run.
         "suite_json": json.dumps(suite, indent=2, default=str) if suite else "",
