@@ -212,7 +212,7 @@ def _cmd_crosscheck(args: argparse.Namespace) -> int:
     batch = str(args.batch) if args.batch else batches[-1]
     if batch not in batches:
         raise BenchInputError(f"no latency at batch {batch}; measured: {', '.join(batches)}", field="--batch")
-    print(format_rows(crosscheck(run.records, run.cache_dir, batch, args.seconds), batch))
+    print(format_rows(crosscheck(run.records, run.stage_dir, batch, args.seconds), batch))
     return 0
 
 

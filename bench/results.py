@@ -40,6 +40,8 @@ class Run:
             )
         self.records: list[CellRecord] = read_records(self.dir / CELLS_FILE)
         self.cache_dir = Path(self.meta["cache_dir"])
+        shard_caches = [Path(s["cache_dir"]) for s in self.meta.get("shards") or [] if s.get("cache_dir")]
+        self.cache_dirs = list(dict.fromkeys([self.cache_dir, *shard_caches]))
 
     @property
     def schema_version(self) -> int:
@@ -61,10 +63,15 @@ class Run:
         ids = ", ".join(str(r.cell_id) for r in self.records)
         raise KeyError(f"no cell '{cell_id}' in {self.dir}; cells: {ids}")
 
-    def _stage_dir(self, cell_id: str, kind: str) -> Path:
+    def stage_dir(self, cell_id: str, kind: str) -> Path:
+        """The cache folder of one of an ok cell's stages (in the cache of the shard that ran it, for a merge)."""
         record = self.record(cell_id)
         if record.status != "ok" or not record.stages:
             raise ValueError(f"cell '{cell_id}' is {record.status}: it has no {kind} stage")
+        # a merged run's shards may each have had their own cache: the first that holds the stage
+        for cache in self.cache_dirs:
+            if (cache / kind / record.stages[kind] / "meta.json").is_file():
+                return cache / kind / record.stages[kind]
         return self.cache_dir / kind / record.stages[kind]
 
     def _artifact_info(self, cell_id: str) -> ArtifactInfo:
@@ -87,7 +94,7 @@ class Run:
         from bench.measure.sessions import open_session
 
         info = self._artifact_info(cell_id)
-        export_meta = json.loads((self._stage_dir(cell_id, "export") / "meta.json").read_text())
+        export_meta = json.loads((self.stage_dir(cell_id, "export") / "meta.json").read_text())
         opener = export_meta["exported"].get("session")  # absent in caches written before openers were named
         if opener:
             session = open_session(opener, self.artifact(cell_id), "cpu", sha256=info.sha256)
@@ -95,7 +102,7 @@ class Run:
                 return session.eager_module.eval()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.load's TypedStorage notice on pickled modules
-            twin = torch.load(self._stage_dir(cell_id, "compress") / "model.pt", map_location="cpu", weights_only=False)
+            twin = torch.load(self.stage_dir(cell_id, "compress") / "model.pt", map_location="cpu", weights_only=False)
         return twin.eval()
 
     def artifact(self, cell_id: str) -> Path:
@@ -104,14 +111,14 @@ class Run:
     def eval_data(self, cell_id: str):
         import torch
 
-        data = torch.load(self._stage_dir(cell_id, "data") / "eval.pt", weights_only=True)
+        data = torch.load(self.stage_dir(cell_id, "data") / "eval.pt", weights_only=True)
         return data["x"], data["y"]
 
     def per_sample(self, cell_id: str) -> dict[str, Any]:
         """Per-sample clean / robust correctness (bool tensors over the eval split)."""
         import torch
 
-        return torch.load(self._stage_dir(cell_id, "evaluate") / "per_sample.pt", weights_only=True)
+        return torch.load(self.stage_dir(cell_id, "evaluate") / "per_sample.pt", weights_only=True)
 
 
 def load_run(run_dir: str | Path) -> Run:

@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +61,9 @@ def bare_p50(fmt: str, path: Path, batch: int, shape: list[int], threads: int, s
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def crosscheck(records: list[CellRecord], cache_dir: Path, batch: str, seconds: float) -> list[dict[str, Any]]:
+def crosscheck(
+    records: list[CellRecord], stage_dir: Callable[[str, str], Path], batch: str, seconds: float
+) -> list[dict[str, Any]]:
     """One row per distinct artifact with a recorded p50 at `batch`: harness p50, bare p50, their ratio.
 
     The bare loops are written here, independently of the harness's sessions, for the formats they know; an
@@ -86,7 +89,7 @@ def crosscheck(records: list[CellRecord], cache_dir: Path, batch: str, seconds: 
             continue
         threads = (r.measurement.threads if r.measurement else None) or 1
         start = time.perf_counter()
-        data_meta = cache_dir / "data" / (r.stages or {})["data"] / "meta.json"
+        data_meta = stage_dir(str(r.cell_id), "data") / "meta.json"
         in_shape = json.loads(data_meta.read_text())["in_shape"]
         bare = bare_p50(r.artifact.format, Path(r.artifact.path), int(batch), in_shape, threads, seconds)
         row.update(
