@@ -31,7 +31,7 @@ from bench import jsonl
 from bench.errors import BenchInputError
 from bench.evidence import CORRECTNESS_FILE, TIMINGS_FILE, Correctness, Timings
 from bench.record import CellRecord, read_records
-from bench.stats import ALPHA, paired_accuracy, slower_p
+from bench.stats import ALPHA, LATENCY_ALPHA, paired_accuracy, slower_p
 
 RUN_FILE, CELLS_FILE = "run.json", "cells.jsonl"
 AXES = ("dataset", "model", "recipe", "compression", "runtime", "attack")
@@ -185,7 +185,7 @@ class LatencyChange:
     candidate_p50: float | None
     raw_ratio: float | None  # candidate / baseline: medians of the per-process medians (else of the p50s)
     normalised_ratio: float | None  # the same on per-process medians / that process's reference time
-    judged_on: str | None  # "normalised", "raw" or None (not tested)
+    judged_on: str | None  # "raw", "raw and normalised", or None (not tested)
     processes: tuple[int, int]  # measurement processes of the baseline and the candidate
     p_value: float | None  # Mann-Whitney U, one-sided (candidate slower)
     verdict: str
@@ -193,8 +193,8 @@ class LatencyChange:
 
     @property
     def ratio(self) -> float | None:
-        """The ratio the verdict was judged on."""
-        return self.normalised_ratio if self.judged_on == "normalised" else self.raw_ratio
+        """The normalised ratio where there is one (it cancels machine drift), else the raw one."""
+        return self.normalised_ratio if self.normalised_ratio is not None else self.raw_ratio
 
 
 @dataclasses.dataclass
@@ -535,31 +535,34 @@ def latency_change(
             change.notable = change.raw_ratio > 1 + threshold or change.raw_ratio < 1 / (1 + threshold)
         return change
     change.raw_ratio = _ratio(float(np.median(cand[0])), float(np.median(base[0])))
-    judged_base, judged_cand = base[0], cand[0]
-    change.judged_on = "raw"
+    # (label, baseline values, candidate values, ratio): raw per-process medians, and where both runs timed the
+    # reference workload, the same divided by it. A regression must show in every view: a slowdown the machine's
+    # speed explains (raw only) or that the reference's own noise makes up (normalised only) is not one.
+    views = [("raw", base[0], cand[0], change.raw_ratio)]
     if base[1] and cand[1]:
         change.normalised_ratio = _ratio(float(np.median(cand[1])), float(np.median(base[1])))
-        judged_base, judged_cand = base[1], cand[1]
-        change.judged_on = "normalised"
-    change.processes = (len(judged_base), len(judged_cand))
-    ratio = change.ratio
-    if ratio is None:
+        views.append(("normalised", base[1], cand[1], change.normalised_ratio))
+    change.judged_on = " and ".join(label for label, *_ in views)
+    change.processes = (len(base[0]), len(cand[0]))
+    ratios = [r for *_, r in views]
+    if any(r is None for r in ratios):
         change.judged_on = None
         return change
-    slower, faster = ratio > 1 + threshold, ratio < 1 / (1 + threshold)
-    if min_p(*change.processes) > ALPHA:
+    slower = all(r > 1 + threshold for r in ratios)
+    faster = all(r < 1 / (1 + threshold) for r in ratios)
+    if min_p(*change.processes) > LATENCY_ALPHA:
         change.verdict, change.judged_on = TOO_FEW, None
         change.notable = slower or faster
         return change
-    change.p_value = slower_p(judged_base, judged_cand)
-    significant = change.p_value <= ALPHA
+    change.p_value = max(slower_p(b, c) for _, b, c, _ in views)  # the weakest of the views' evidence
+    significant = change.p_value <= LATENCY_ALPHA
     if slower and significant:
         change.verdict = REGRESSION
     elif slower:
         change.verdict, change.notable = SLOWER_UNSURE, True
-    elif significant and ratio > 1:
+    elif significant and all(r > 1 for r in ratios):
         change.verdict, change.notable = SLOWER_SMALL, True
-    elif slower_p(judged_cand, judged_base) <= ALPHA:
+    elif max(slower_p(c, b) for _, b, c, _ in views) <= LATENCY_ALPHA:
         change.verdict, change.notable = FASTER, faster
     else:
         change.verdict = SAME

@@ -166,8 +166,8 @@ def terminal(comparison: Comparison) -> str:
     untested = comparison.summary()["latency_not_judged"]
     if untested:
         lines.append(
-            f"latency of {untested} cell(s): {TOO_FEW} (a Mann-Whitney test needs at least 3 measurement processes "
-            "per run; choose a profile that measures in several processes)"
+            f"latency of {untested} cell(s): {TOO_FEW} (the Mann-Whitney test at p <= 0.01 needs 4 or more "
+            "measurement processes per run: the nightly profile measures in 5, or set measurement.processes)"
         )
     lines.append(summary_line(comparison))
     return "\n".join(lines)
@@ -228,7 +228,7 @@ def markdown(comparison: Comparison) -> str:
     if s["latency_not_judged"]:
         lines += [
             "",
-            f"Latency of {s['latency_not_judged']} cell(s): {TOO_FEW} (fewer than 3 measurement processes per run).",
+            f"Latency of {s['latency_not_judged']} cell(s): {TOO_FEW} (fewer than 4 measurement processes per run).",
         ]
     return "\n".join(lines) + "\n"
 

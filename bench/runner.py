@@ -32,7 +32,15 @@ from bench.assemble import CellStages, failed_record, identity_record, ok_record
 from bench.cache import StageCache
 from bench.env import environment
 from bench.errors import BenchInputError
-from bench.evidence import Correctness, Timings, append_correctness, append_timings, read_timings
+from bench.evidence import (
+    CORRECTNESS_FILE,
+    TIMINGS_FILE,
+    Correctness,
+    Timings,
+    append_correctness,
+    append_timings,
+    read_timings,
+)
 from bench.gates import gate_counts
 from bench.invariants import run_invariants
 from bench.matrix import Cell, build_cells, select_shard
@@ -149,7 +157,8 @@ def run_suite(
 
     run_dir.mkdir(parents=True, exist_ok=True)
     jsonl.repair(cells_path)  # a run killed mid-write leaves a torn last line
-    jsonl.repair(run_dir / STAGES_FILE)
+    for name in (STAGES_FILE, TIMINGS_FILE, CORRECTNESS_FILE):
+        jsonl.repair(run_dir / name)
     done = {r.cell_id for r in read_records(cells_path)}
     previous = jsonl_read_json(run_dir / RUN_FILE) if resume else {}
     run_meta: dict[str, Any] = {
@@ -161,6 +170,8 @@ def run_suite(
         "seed": suite.seed,
         "device": device,
         "shard": list(shard) if shard else None,
+        # what the command line changed beyond the suite (gates given with --gate are in suite.gate)
+        "options": {"remeasure": remeasure, "cell_timeout_s": cell_timeout},
         "cache_dir": str(cache_dir.resolve()),
         "environment": env,
         "n_cells": len(cells),

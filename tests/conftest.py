@@ -227,3 +227,22 @@ def sleepy_net(
 ) -> nn.Module:
     """`Sleepy` as a user model factory (`tests.conftest:sleepy_net`)."""
     return Sleepy(num_classes, in_shape, sleep_s, when)
+
+
+class Delayed(nn.Module):
+    """A linear model whose inference takes `delay_ms` more (a sleep under inference mode): a known slowdown."""
+
+    def __init__(self, num_classes: int, in_shape: tuple[int, int, int], delay_ms: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(int(torch.tensor(in_shape).prod()), num_classes)
+        self.delay_ms = delay_ms
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_inference_mode_enabled():
+            time.sleep(self.delay_ms / 1e3)
+        return self.fc(x.flatten(1))
+
+
+def delayed_net(num_classes: int, in_shape: tuple[int, int, int], delay_ms: float = 1.0) -> nn.Module:
+    """`Delayed` as a user model factory (`tests.conftest:delayed_net`)."""
+    return Delayed(num_classes, in_shape, delay_ms)

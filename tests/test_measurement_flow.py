@@ -111,3 +111,28 @@ def test_the_cli_time_limit_overrides_the_suite(tmp_path, capsys):
         run_cli(["run", path, "--cell-timeout", "-1"], capsys)
     assert exit_info.value.code == 2
     assert "argument --cell-timeout: expected a positive number of seconds, got -1" in capsys.readouterr().err
+
+
+def test_compare_catches_a_real_slowdown_and_not_a_rerun(tmp_path, capsys):
+    """Measured, not planted: the same model at 1 ms and at 2.5 ms of inference delay, 5 processes per run."""
+
+    def run(name: str, delay_ms: float) -> Path:
+        suite = tiny(
+            models=[{"name": "tests.conftest:delayed_net", "kwargs": {"delay_ms": delay_ms}, "label": "delayed"}],
+            measurement={"profile": "smoke", "batch_sizes": [1], "processes": 5, "memory": False},
+        )
+        path = write_suite(tmp_path / f"{name}.yaml", suite)
+        args = ["run", path, "--out", tmp_path / name, "--cache", tmp_path / f"cache-{name}", "--no-progress"]
+        assert run_cli(args, capsys)[0] == 0
+        return tmp_path / name
+
+    base, rerun, slow = run("base", 1.0), run("rerun", 1.0), run("slow", 2.5)
+    code, out, _ = run_cli(["compare", base, rerun], capsys)
+    assert code == 0, out
+    code, out, _ = run_cli(["compare", base, slow, "--json", tmp_path / "slow.json"], capsys)
+    assert code == 1, out
+    (row,) = json.loads((tmp_path / "slow.json").read_text())["rows"]
+    assert row["status"] == "regression"
+    (latency,) = row["latency"]
+    assert latency["raw_ratio"] > 1.5 and latency["p_value"] <= 0.01 and latency["processes"] == [5, 5]
+    assert "model" in json.dumps(row["settings"])  # the delay is a model setting: the line says it differs
