@@ -269,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     except BenchInputError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`bench list SUITE | head`): end quietly, as Unix tools do; point stdout at devnull
+        # so that the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

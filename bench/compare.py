@@ -685,7 +685,7 @@ def amount(metric: str, value: float | None) -> str:
         return "-"
     if metric != "size":
         return f"{value:.0f} MB"
-    return f"{value / 1e3:.1f} KB" if value < 1e6 else f"{value / 1e6:.2f} MB"
+    return f"{value / 1e3:.1f} kB" if value < 1e6 else f"{value / 1e6:.2f} MB"
 
 
 def format_p(p: float | None) -> str:

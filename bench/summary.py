@@ -10,12 +10,14 @@ def _pct(value: float | None) -> str:
 
 
 def _size(n: int | None) -> str:
+    """Bytes in SI units (kB = 1000 bytes), as the report writes them."""
     if n is None:
         return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+    if n < 1000:
+        return f"{n} B"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6), ("GB", 1e9)):
+        if n < scale * 1000 or unit == "GB":
+            return f"{n / scale:.1f} {unit}"
     return str(n)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from bench.errors import BenchInputError
@@ -142,3 +144,11 @@ def test_readme_suite_example_is_valid(tmp_path):
     ids = {c.cell_id for c in cells}
     assert "resnet18/standard/none/eager/none" in ids  # added by the include rule
     assert not any(i.startswith("mlp/standard/prune-0.") and "+" not in i for i in ids)  # removed by exclude
+
+
+def test_an_linf_eps_beyond_the_pixel_range_is_an_input_error(tmp_path, capsys):
+    suite = copy.deepcopy(TINY_SUITE) | {"attacks": [{"name": "pgd", "eps": 8}]}
+    code, _, err = run_cli(["list", write_suite(tmp_path / "s.yaml", suite)], capsys)
+    assert code == 2
+    assert "attacks[0].eps: must be at most 1 for Linf (pixels are in [0, 1]; 8/255 is 0.0314), got 8" in err
+    assert "Traceback" not in err

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from bench.config import check_range
+from bench.errors import ConfigError
 from bench.registry import NoConfig, Registry
 
 ATTACK_KINDS = ("gradient", "query", "composite", "none")
@@ -40,6 +41,11 @@ class LinfConfig:
 
     def __post_init__(self) -> None:
         check_range("eps", self.eps, lo=0)
+        # pixels are in [0, 1]: an Linf radius above 1 is a unit mistake (eps: 8 for 8/255), not a stronger attack
+        if getattr(self, "norm", "Linf") == "Linf" and self.eps > 1:
+            raise ConfigError(
+                "eps", f"must be at most 1 for Linf (pixels are in [0, 1]; 8/255 is 0.0314), got {self.eps}"
+            )
 
 
 def attack_kind(attack: Any) -> str:

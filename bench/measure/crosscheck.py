@@ -10,6 +10,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,11 +52,17 @@ print(json.dumps({"p50": statistics.median(samples), "n": len(samples)}))
 def bare_p50(fmt: str, path: Path, batch: int, shape: list[int], threads: int, seconds: float) -> dict[str, Any]:
     """p50 (ms) of a bare loop over the artifact at `path`, in a fresh interpreter."""
     from bench.measure.sessions import pin_threads_env
+    from bench.userimport import subprocess_env
 
     args = json.dumps([fmt, str(path), batch, shape, threads, seconds])
-    proc = subprocess.run(
-        [sys.executable, "-c", BARE_LOOP, args], capture_output=True, text=True, env=pin_threads_env(threads)
-    )
+    with tempfile.TemporaryDirectory(prefix="bench-crosscheck-") as tmp:  # `-c` puts the cwd first on the path
+        proc = subprocess.run(
+            [sys.executable, "-c", BARE_LOOP, args],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(pin_threads_env(threads)),
+            cwd=tmp,
+        )
     if proc.returncode != 0:
         raise RuntimeError(f"bare loop failed on {path}:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

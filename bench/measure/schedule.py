@@ -43,6 +43,9 @@ def run_worker(spec: dict[str, Any], threads: int, timeout_s: float | None = Non
                 text=True,
                 env=subprocess_env(pin_threads_env(threads)),  # the worker unpickles user models too
                 timeout=timeout_s,
+                # `-m` puts the working directory first on the worker's path: a temporary one, so that a folder
+                # named `bench` (or `models`) where the user stands cannot shadow the harness
+                cwd=tmp,
             )
         except subprocess.TimeoutExpired:  # subprocess.run has killed the worker
             raise MeasurementTimeout(f"timeout after {timeout_s:g} s (measurement process stopped)") from None

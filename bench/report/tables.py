@@ -40,7 +40,7 @@ def human_bytes(value: float | None) -> str | None:
     if value is None:
         return None
     if value < 1e6:
-        return f"{value / 1e3:.3g} KB"
+        return f"{value / 1e3:.3g} kB"  # SI: 1 kB = 1000 bytes, as everywhere in the harness
     return f"{value / 1e6:.2f} MB"
 
 
