@@ -106,11 +106,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from bench.gates import gate_lines, with_overrides
+    from bench.gates import with_overrides
     from bench.report import render_report
     from bench.runner import default_run_dir, run_suite
     from bench.suite import load_suite
-    from bench.summary import summary_table
 
     suite = load_suite(args.suite)
     if args.profile:
@@ -137,7 +136,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         return 130
     report = render_report([run_dir], run_dir / "report.html")
+    return print_outcome(meta, run_dir, f"run directory: {run_dir}", report)
+
+
+def print_outcome(meta: dict[str, Any], run_dir: Path, where: str, report: Path) -> int:
+    """The end of `bench run` and `bench merge`: the summary table, violated invariants, failed (then
+    inconclusive) gates, the counts; the exit code: 1 when a cell or a gate failed."""
+    from bench.gates import gate_lines
     from bench.results import load_run
+    from bench.summary import summary_table
 
     records = load_run(run_dir).records
     print(summary_table(records))
@@ -148,7 +155,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     counts, gates = meta["counts"], meta.get("gates") or {}
     gated = f"{gates['fail']} gates failed, {gates['inconclusive']} inconclusive; " if gates.get("checked") else ""
     print(f"\n{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed; {gated}", end="")
-    print(f"run directory: {run_dir}")
+    print(where)
     print(f"report: {report}")
     return 1 if counts["failed"] or gates.get("fail") else 0
 
@@ -217,24 +224,10 @@ def _cmd_crosscheck(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from bench.gates import gate_lines
     from bench.merge import REPORT_FILE, merge_shards
-    from bench.results import load_run
-    from bench.summary import summary_table
 
     meta = merge_shards(args.shard_dirs, args.out)
-    records = load_run(args.out).records
-    print(summary_table(records))
-    for v in meta["invariants"]["violations"]:
-        print(f"invariant violated: {v['check']}: {v['artifact']}: {v['detail']}")
-    for line in gate_lines(records):
-        print(line)
-    counts, gates = meta["counts"], meta.get("gates") or {}
-    gated = f"{gates['fail']} gates failed, {gates['inconclusive']} inconclusive; " if gates.get("checked") else ""
-    print(f"\n{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed; {gated}", end="")
-    print(f"merged {len(meta['shards'])} shards into {args.out}")
-    print(f"report: {args.out / REPORT_FILE}")
-    return 1 if counts["failed"] or gates.get("fail") else 0
+    return print_outcome(meta, args.out, f"merged {len(meta['shards'])} shards into {args.out}", args.out / REPORT_FILE)
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
