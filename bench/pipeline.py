@@ -262,13 +262,13 @@ class Pipeline:
         for cell, data, exported in items:
             config, spec = self._measure_plan(cell, data, exported)
             key = stage_key("measure", config, [exported.key])
-            plans.append((cell, config, exported))
+            plans.append((cell, config, exported, key))
             if ("measure", key) not in self._memo and not self.cache.has("measure", key):
                 jobs.setdefault(key, MeasureJob(key, spec))
         outcomes = measure_interleaved(list(jobs.values()), self.threads, timeout_s)
         results: list[StageResult | Exception] = []
-        for cell, config, exported in plans:
-            outcome = outcomes.get(stage_key("measure", config, [exported.key]))
+        for cell, config, exported, key in plans:
+            outcome = outcomes.get(key)
             if isinstance(outcome, Exception):
                 results.append(outcome)
                 continue

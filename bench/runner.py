@@ -226,7 +226,7 @@ def run_group(
     """The records of one group of cells, in suite order: each cell's stages but measurement (under its time
     limit), then the measurement of the group's artifacts together, then the records."""
     records: dict[str, CellRecord] = {}
-    prepared: dict[str, tuple[Cell, CellStages]] = {}
+    prepared: dict[str, tuple[Cell, CellRecord, CellStages]] = {}
     seconds: dict[str, float] = {}
     for cell in group:
         bar.set_postfix_str(cell.cell_id, refresh=True)
@@ -238,16 +238,15 @@ def run_group(
             pipeline.current_cell = cell.cell_id
             try:
                 with time_limit(timeout):
-                    prepared[cell.cell_id] = (cell, prepare_stages(cell, pipeline))
+                    prepared[cell.cell_id] = (cell, identity, prepare_stages(cell, pipeline))
             except Exception as exc:  # a failing cell is recorded, and the run goes on
                 log.warning("cell %s failed: %s", cell.cell_id, exc)
                 records[cell.cell_id] = failed_record(identity, exc)
         seconds[cell.cell_id] = time.perf_counter() - start
-    bar.set_postfix_str(f"measuring {len({s.exported.key for _, s in prepared.values()})} artifacts", refresh=True)
-    items = [(cell, stages.data, stages.exported) for cell, stages in prepared.values()]
+    bar.set_postfix_str(f"measuring {len({s.exported.key for *_, s in prepared.values()})} artifacts", refresh=True)
+    items = [(cell, stages.data, stages.exported) for cell, _, stages in prepared.values()]
     measured = pipeline.measure_many(items, timeout)
-    for (cell, stages), result in zip(prepared.values(), measured, strict=True):
-        identity = identity_record(cell, suite.seed, device)
+    for (cell, identity, stages), result in zip(prepared.values(), measured, strict=True):
         try:
             if isinstance(result, Exception):
                 raise result
