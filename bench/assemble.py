@@ -51,6 +51,9 @@ class CellStages:
 def identity_record(cell: Cell, seed: int, device: str) -> CellRecord:
     """What every record carries, whatever its status: the cell's axis entries, labels, dataset, seed, device."""
     axes = {axis: cell.choice(axis).record() for axis in AXES}
+    from bench.models import model_fingerprint  # torch: only where a cell is run
+
+    axes["model"].update(model_fingerprint(cell.model.name, cell.model.config))  # the checkpoint's sha256, ...
     labels = {axis: cell.choice(axis).label for axis in ("dataset", *AXES)}
     # an axis CellRecord has no field for yet is still recorded (in `extra`, written after the known keys)
     fields = {f.name for f in dataclasses.fields(CellRecord)}
@@ -63,7 +66,7 @@ def identity_record(cell: Cell, seed: int, device: str) -> CellRecord:
         dataset=cell.dataset.record(),
         seed=seed,
         device=device,
-        settings_hash={axis: settings_hash(cell.choice(axis).record()) for axis in ("dataset", *AXES)},
+        settings_hash={axis: settings_hash(axes.get(axis) or cell.dataset.record()) for axis in ("dataset", *AXES)},
         extra=extra,
     )
 

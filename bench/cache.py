@@ -1,5 +1,6 @@
-"""The content-addressed stage cache: a stage's key hashes its kind, its inputs' keys, its config and the
-version of the code that matters, so a stage whose key is present is taken from the cache, not run again.
+"""The content-addressed stage cache: a stage's key hashes its kind, its inputs' keys, its config (a model's
+config includes the sha256 of its checkpoint and of a user's source files) and the versions of the code that
+matters (the harness, its stage versions, torch, ONNX Runtime, Torch-Pruning...), so a stage whose key is present is taken from the cache, not run again.
 
 An entry is a folder holding the stage's files and `meta.json`, written last; the folder is built under a
 temporary name and renamed into place, so a killed stage leaves no entry that looks complete.
@@ -7,10 +8,12 @@ temporary name and renamed into place, so a killed stage leaves no entry that lo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +24,31 @@ from bench.jsonl import write_json_atomic
 STAGE_VERSIONS = {"data": 1, "train": 1, "compress": 1, "export": 2, "measure": 1, "evaluate": 4}
 
 
+# The libraries whose code decides a stage's result: a new version recomputes, never reuses, what it made.
+KEYED_LIBRARIES = ("torch", "torchvision", "onnxruntime", "onnx", "torch-pruning", "numpy")
+
+
+@functools.cache
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in KEYED_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
 def stage_key(kind: str, config: Any, inputs: list[str]) -> str:
     payload = json.dumps(
-        {"kind": kind, "config": config, "inputs": inputs, "version": STAGE_VERSIONS[kind], "bench": __version__},
+        {
+            "kind": kind,
+            "config": config,
+            "inputs": inputs,
+            "version": STAGE_VERSIONS[kind],
+            "bench": __version__,
+            "libraries": library_versions(),
+        },
         sort_keys=True,
         default=str,
     )

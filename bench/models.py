@@ -1,9 +1,11 @@
-"""The model axis: the MODELS registry and `build_model`, which wraps every network with input normalisation.
+"""The model axis: the MODELS registry, `build_model`, and `model_fingerprint` (what keys a model's cache entries).
 
-Every model the harness builds takes pixels in [0, 1] (attacks work in pixel space, eps is a pixel distance);
-the dataset's mean/std are applied *inside* the model by `Normalize`, the RobustBench convention.
-Definitions live in the top-level `models/` folder (installed as `bench_models`); besides registered names,
-any torchvision classification model name and a user's `package.module:function` resolve here.
+Every model the harness builds takes pixels in [0, 1] (attacks work in pixel space, eps is a pixel distance).
+The built-in and torchvision models, trained by the harness, get the dataset's mean/std applied *inside* the
+model by `Normalize` (the RobustBench convention); a user's own model and any model loaded from a checkpoint get
+the pixels as they are, unless the suite says `normalize: true`: the harness never adds a layer a user did not
+ask for. Definitions live in the top-level `models/` folder (installed as `bench_models`); besides registered
+names, any torchvision classification model name and a user's `package.module:function` resolve here.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import torch
 from torch import nn
 
 from bench.errors import BenchInputError, ConfigError
+from bench.filehash import file_sha256
 from bench.registry import Entry, Registry
-from bench.userimport import import_object
+from bench.userimport import import_object, resolve_path, source_sha256
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +30,25 @@ MODELS: Registry = Registry("model", package="bench_models")  # the top-level mo
 
 @dataclasses.dataclass
 class ModelConfig:
-    """Options every model has. `checkpoint` is a state-dict file loaded into the network after it is built."""
+    """Options every model has. `checkpoint` is a state-dict file loaded into the network after it is built (a
+    relative path is relative to the suite file's directory); `normalize` puts the dataset's mean/std inside
+    the model (default: on, but off for a checkpoint, whose weights were trained on whatever the user fed them)."""
 
     checkpoint: str | None = None
-    normalize: bool = True
+    normalize: bool | None = None
 
     def __post_init__(self) -> None:
-        # checked when the suite is loaded: a missing file is the user's mistake (exit 2), not a failed cell
-        if self.checkpoint and not Path(self.checkpoint).is_file():
-            raise ConfigError("checkpoint", f"file not found: {self.checkpoint}")
+        if self.checkpoint:
+            path = resolve_path(self.checkpoint)
+            # checked when the suite is loaded: a missing file is the user's mistake (exit 2), not a failed cell
+            if not path.is_file():
+                raise ConfigError("checkpoint", f"file not found: {path}")
+            self.checkpoint = str(path)
+        if self.normalize is None:
+            self.normalize = self.default_normalize()
+
+    def default_normalize(self) -> bool:
+        return not self.checkpoint
 
 
 @dataclasses.dataclass
@@ -43,6 +56,15 @@ class ExternalModelConfig(ModelConfig):
     """A torchvision model or a user's `package.module:function`; `kwargs` go to the constructor."""
 
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class UserModelConfig(ExternalModelConfig):
+    """A user's own `package.module:function`: normalisation is off unless asked for, the model gets [0, 1]
+    pixels and does its own preprocessing, as it does outside the harness."""
+
+    def default_normalize(self) -> bool:
+        return False
 
 
 class Normalize(nn.Module):
@@ -92,6 +114,19 @@ def build_model(
     return model.eval()
 
 
+def model_fingerprint(name: str, cfg: Any) -> dict[str, str]:
+    """The content hashes a model's results depend on beyond its parameters: its checkpoint file's sha256 and
+    the sha256 of its source (the defining module and the modules of the user's package loaded with it; None
+    for the harness's own and installed libraries' code, which the harness and library versions key)."""
+    out = {}
+    if cfg.checkpoint:
+        out["checkpoint_sha256"] = file_sha256(Path(cfg.checkpoint))
+    source = source_sha256(MODELS.get(name).obj)
+    if source:
+        out["source_sha256"] = source
+    return out
+
+
 def _torchvision_entry(name: str) -> Entry | None:
     """Any torchvision classification model by name, adapted to the data's channels (weights: none, offline)."""
     import torchvision
@@ -126,7 +161,7 @@ def _user_function_entry(name: str) -> Entry | None:
     if ":" not in name:
         return None
     fn = import_object(name)
-    return Entry(name, fn, ExternalModelConfig, {"source": "user"}, fn.__doc__ or "")
+    return Entry(name, fn, UserModelConfig, {"source": "user"}, fn.__doc__ or "")
 
 
 MODELS.add_fallback(_user_function_entry)

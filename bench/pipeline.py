@@ -37,7 +37,7 @@ from bench.measure.latency import resolve_profile
 from bench.measure.memory import PeakRSS
 from bench.measure.schedule import MeasureJob, measure_interleaved
 from bench.measure.sessions import sha256_file
-from bench.models import build_model
+from bench.models import build_model, model_fingerprint
 from bench.plugins import registry
 from bench.registry import NoConfig
 from bench.runtimes import Exported
@@ -166,7 +166,10 @@ class Pipeline:
             torch.save(model, staging / "model.pt")
             return {"cost": dataclasses.asdict(cost), "peak_memory_mb": peak.mb, "device": self.device}
 
-        config = {"model": cell.model.record(), "recipe": cell.recipe.record(), "device": self.device}
+        # the checkpoint's content, not its path, keys the stage: an overwritten file is a new model
+        model = {k: v for k, v in cell.model.record().items() if k != "checkpoint"}
+        model.update(model_fingerprint(cell.model.name, cell.model.config))
+        config = {"model": model, "recipe": cell.recipe.record(), "device": self.device}
         return self._stage("train", config, [data.key], build, load=_load_module)
 
     # -- compress ---------------------------------------------------------------------------------------------

@@ -14,8 +14,10 @@ import contextlib
 import contextvars
 import importlib
 import importlib.util
+import hashlib
 import os
 import sys
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,49 @@ def import_object(spec: str) -> Any:
         return getattr(module, attribute)
     except AttributeError:
         raise ConfigError("name", f"cannot import '{spec}': module '{module_name}' has no '{attribute}'") from None
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A file named in a suite: a relative path is relative to the suite's directory (while a suite is parsed),
+    not to the working directory, so a suite means the same files wherever `bench` is started."""
+    path = Path(path).expanduser()
+    root = _search_dir.get()
+    return (root / path if root is not None and not path.is_absolute() else path).resolve()
+
+
+def _library_dirs() -> set[Path]:
+    names = ("stdlib", "platstdlib", "purelib", "platlib")
+    return {Path(p).resolve() for p in (sysconfig.get_path(n) for n in names) if p}
+
+
+def source_sha256(obj: Any) -> str | None:
+    """sha256 of the source files `obj` (a user's function or class) comes from: its module and every loaded
+    module of the same package (what it imports from the user's package), or, for a top-level module, the loaded
+    modules beside it. None for the harness's own code and for installed libraries: their versions key them."""
+    module_name = getattr(obj, "__module__", None) or ""
+    top = module_name.partition(".")[0]
+    top_module = sys.modules.get(top)
+    location = getattr(top_module, "__file__", None)
+    if top in ("", "bench") or location is None:
+        return None
+    top_file = Path(location).resolve()
+    root = top_file.parent
+    if any(root == lib or lib in root.parents for lib in _library_dirs()):
+        return None  # an installed package (an editable install's source folder is not under these)
+    single_module = top_file.name != "__init__.py"
+    files = set()
+    for mod in list(sys.modules.values()):
+        file = getattr(mod, "__file__", None)
+        if not file or not file.endswith(".py"):
+            continue
+        path = Path(file).resolve()
+        if (path.parent == root) if single_module else (root in path.parents):
+            files.add(path)
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(f"{path.relative_to(root)}\0".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def subprocess_env(env: dict[str, str] | None = None) -> dict[str, str]:

@@ -5,6 +5,9 @@ attack and compression tests share, and small assertions several test files make
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +51,21 @@ def run_cli(args: list[str], capsys: Any) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def bench_cli(args: list[Any], cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+    """`bench ARGS` in a fresh interpreter, as a user runs it (-P: `python -c` would put `cwd` first on the import
+    path, as the console script does not); PYTHONPATH is cleared or set to `pythonpath`."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    cmd = [sys.executable, "-P", "-c", "import sys; from bench.cli import main; sys.exit(main(sys.argv[1:]))"]
+    return subprocess.run([*cmd, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def records(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The records of RUN_DIR/cells.jsonl by cell id."""
+    return {r["cell_id"]: r for r in jsonl.read(run_dir / "cells.jsonl")}
 
 
 def run_suite(root: Path, data: dict[str, Any], name: str = "run", cache: str = "cache") -> tuple[int, dict[str, Any]]:

@@ -49,7 +49,8 @@ def test_missing_checkpoint_is_a_user_error(tmp_path, capsys):
     assert info.value.field == "checkpoint"
     suite = write_suite(tmp_path / "s.yaml", tiny_suite(models=[{"name": "mlp", "checkpoint": "nope.pt"}]))
     code, _, err = run_cli(["run", suite, "--out", tmp_path / "run"], capsys)
-    assert code == 2 and "models[0].checkpoint: file not found: nope.pt" in err
+    # a relative path is relative to the suite's directory, and the message says where it looked
+    assert code == 2 and f"models[0].checkpoint: file not found: {tmp_path.resolve() / 'nope.pt'}" in err
     assert not (tmp_path / "run").exists()
 
 

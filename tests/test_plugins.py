@@ -4,10 +4,7 @@ sys.path edits. Each end-to-end case runs the real CLI in a fresh interpreter, a
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ import yaml
 
 import bench
 from bench.registry import Registry
+from tests.conftest import bench_cli, records
 
 # One tiny cell per case: a few seconds of training and measurement.
 TINY = {
@@ -27,20 +25,6 @@ TINY = {
     "attacks": ["none"],
     "measurement": {"profile": "smoke", "batch_sizes": [1], "memory": False},
 }
-
-
-def bench_cli(args: list[str], cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
-    """`bench ARGS` in a fresh interpreter (python -m puts `cwd` first on its path, as the console script does not)."""
-    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
-    cmd = [sys.executable, "-c", "import sys; from bench.cli import main; sys.exit(main(sys.argv[1:]))", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
-def records(run_dir: Path) -> dict[str, dict]:
-    lines = (run_dir / "cells.jsonl").read_text().splitlines()
-    return {r["cell_id"]: r for r in map(json.loads, lines)}
 
 
 def write_suite(path: Path, **changes: object) -> Path:
