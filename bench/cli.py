@@ -173,6 +173,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"{cell.cell_id:<{width}}  {status}")
     skipped = sum(1 for c in cells if c.skip_reason)
     print(f"{len(cells)} cells: {len(cells) - skipped} to run, {skipped} skipped")
+    models = {cell.model.label: cell.model.config for cell in cells}
+    for label, config in models.items():  # the one transformation the harness may add to a model, never silently
+        inputs = "dataset mean/std normalisation inside the model" if config.normalize else "[0, 1] pixels as they are"
+        print(f"model {label}: normalize={str(config.normalize).lower()} ({inputs})")
     return 0
 
 
