@@ -13,6 +13,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from bench.checks import budget_verdict, compression_checks
+from bench.errors import STAGE_NOTE
 from bench.gates import Limit, evaluate_gates
 from bench.record import (
     ArtifactInfo,
@@ -22,6 +23,7 @@ from bench.record import (
     Costs,
     LatencyStats,
     MeasurementInfo,
+    Payoff,
     TrainingInfo,
 )
 from bench.suite import AXES
@@ -46,6 +48,9 @@ class CellStages:
     measured: StageResult
     evaluated: StageResult
     baseline: StageResult
+    # the uncompressed model's measurement on the same runtime, with its cell id (None for uncompressed cells and
+    # where the suite has no uncompressed cell on that runtime)
+    uncompressed: tuple[str, StageResult] | None = None
 
 
 def identity_record(cell: Cell, seed: int, device: str) -> CellRecord:
@@ -81,7 +86,23 @@ def skipped_record(identity: CellRecord, reason: str) -> CellRecord:
 
 
 def failed_record(identity: CellRecord, exc: BaseException) -> CellRecord:
-    return dataclasses.replace(identity, status="failed", error="".join(traceback.format_exception(exc)).strip())
+    """The record of a failed cell: the full traceback, and one line a user can act on."""
+    trace = "".join(traceback.format_exception(exc)).strip()
+    return dataclasses.replace(identity, status="failed", error=trace, error_summary=error_summary(exc))
+
+
+SUMMARY_CHARS = 300
+
+
+def error_summary(exc: BaseException) -> str:
+    """`stage (plugin): Type: first line of the message`: the stage comes from the note the pipeline adds to an
+    exception raised inside a stage; a library's bare exception (ZeroDivisionError) still names where it came from."""
+    stage = next((n.removeprefix(STAGE_NOTE) for n in getattr(exc, "__notes__", []) if n.startswith(STAGE_NOTE)), "")
+    message = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if stage:
+        text = f"{stage}: {text}"
+    return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 3] + "..."
 
 
 def ok_record(
@@ -113,6 +134,7 @@ def ok_record(
         latency_ms=_latency(m["latency_ms"]),
         throughput_sps=m["throughput_sps"],
         peak_memory_mb=m["peak_rss_mb"],
+        model_memory_mb=m.get("model_memory_mb"),  # absent from measurements cached before it
         model_size_bytes=exported.meta["size_bytes"],
         params=compressed.meta["params"],
         macs=compressed.meta["macs"],
@@ -142,6 +164,7 @@ def ok_record(
             baseline_rss_mb=m["baseline_rss_mb"],
             inference_rss_delta_mb=m["inference_rss_delta_mb"],
             peak_gpu_mb=m.get("peak_gpu_mb"),
+            model_gpu_mb=m.get("model_gpu_mb"),
         ),
         # the recipe's TrainCost as it is, so that a key a recipe adds is kept rather than dropped
         training=TrainingInfo.from_json(trained.meta["cost"] | {"peak_memory_mb": trained.meta["peak_memory_mb"]}),
@@ -154,6 +177,7 @@ def ok_record(
             path=str(exported.path / exported.meta["exported"]["main_file"]),
         ),
         stages={s.kind: s.key for s in (stages.data, trained, compressed, exported, measured, stages.evaluated)},
+        payoff=_payoff(stages),
     )
     ratio = limits["budget"].value if "budget" in limits else budget_ratio
     samples = _per_sample(stages.evaluated), _per_sample(stages.baseline)
@@ -178,3 +202,12 @@ def _latency(worker_latency: dict[str, dict[str, Any]]) -> dict[str, LatencyStat
         batch: LatencyStats.from_json({k: v for k, v in stats.items() if k not in WORKER_ONLY_LATENCY_KEYS})
         for batch, stats in worker_latency.items()
     }
+
+
+def _payoff(stages: CellStages) -> Payoff | None:
+    if stages.uncompressed is None:
+        return None
+    from bench.payoff import latency_payoff, read_samples
+
+    cell_id, measured = stages.uncompressed
+    return latency_payoff(read_samples(stages.measured.path), read_samples(measured.path), cell_id)

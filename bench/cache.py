@@ -1,6 +1,7 @@
 """The content-addressed stage cache: a stage's key hashes its kind, its inputs' keys, its config (a model's
 config includes the sha256 of its checkpoint and of a user's source files) and the versions of the code that
-matters (the harness, its stage versions, torch, ONNX Runtime, Torch-Pruning...), so a stage whose key is present is taken from the cache, not run again.
+matters (the harness, its stage versions, torch, ONNX Runtime, Torch-Pruning...), so a stage whose key is
+present is taken from the cache, not run again.
 
 An entry is a folder holding the stage's files and `meta.json`, written last; the folder is built under a
 temporary name and renamed into place, so a killed stage leaves no entry that looks complete.
@@ -21,7 +22,7 @@ from bench import __version__
 from bench.jsonl import write_json_atomic
 
 # Bump when a stage's output for the same inputs changes (a fix in training, export or measurement).
-STAGE_VERSIONS = {"data": 1, "train": 1, "compress": 1, "export": 2, "measure": 1, "evaluate": 4}
+STAGE_VERSIONS = {"data": 1, "train": 1, "compress": 1, "export": 2, "measure": 2, "evaluate": 4}
 
 
 # The libraries whose code decides a stage's result: a new version recomputes, never reuses, what it made.
@@ -75,9 +76,20 @@ class StageCache:
         return tmp
 
     def commit(self, kind: str, key: str, staging: Path, meta: dict[str, Any]) -> Path:
+        """Move a built stage into place. Two runs sharing a cache may build one stage at the same time: the first
+        to commit wins and the other drops its copy, so both go on with the same entry (the caller re-reads its
+        meta.json)."""
         write_json_atomic(staging / "meta.json", meta)
         final = self.path(kind, key)
-        if final.exists():  # an entry without meta.json is a leftover of a killed run
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        return final
+        for _ in range(5):
+            if self.has(kind, key):
+                shutil.rmtree(staging, ignore_errors=True)
+                return final
+            if final.exists():  # an entry without meta.json is a leftover of a killed run
+                shutil.rmtree(final, ignore_errors=True)
+            try:
+                os.replace(staging, final)
+                return final
+            except OSError:  # another run's entry landed between the check and the rename: look again
+                continue
+        raise RuntimeError(f"cannot commit {kind} stage {key} into {final}")

@@ -162,21 +162,23 @@ def print_outcome(meta: dict[str, Any], run_dir: Path, where: str, report: Path)
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from bench.matrix import build_cells
+    from bench.preflight import check_suite
     from bench.runner import resolve_device
     from bench.suite import load_suite
 
     suite = load_suite(args.suite)
     cells = build_cells(suite, resolve_device(args.device or suite.device))
+    check_suite(suite, cells)  # what the suite asks of its data (bench.preflight): `bench run` checks the same
     width = max((len(c.cell_id) for c in cells), default=0)
     for cell in cells:
         status = f"skip: {cell.skip_reason}" if cell.skip_reason else "run"
         print(f"{cell.cell_id:<{width}}  {status}")
-    skipped = sum(1 for c in cells if c.skip_reason)
-    print(f"{len(cells)} cells: {len(cells) - skipped} to run, {skipped} skipped")
     models = {cell.model.label: cell.model.config for cell in cells}
     for label, config in models.items():  # the one transformation the harness may add to a model, never silently
         inputs = "dataset mean/std normalisation inside the model" if config.normalize else "[0, 1] pixels as they are"
         print(f"model {label}: normalize={str(config.normalize).lower()} ({inputs})")
+    skipped = sum(1 for c in cells if c.skip_reason)
+    print(f"{len(cells)} cells: {len(cells) - skipped} to run, {skipped} skipped")
     return 0
 
 
@@ -264,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except BenchInputError as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
+        message = " ".join(part.strip() for part in str(exc).splitlines())  # one line, whatever the message holds
+        print(f"bench: error: {message}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # the reader went away (`bench list SUITE | head`): end quietly, as Unix tools do; point stdout at devnull

@@ -343,18 +343,18 @@ def _compare_cell(
         row.notes.append("settings differ: " + "; ".join(settings_text(s) for s in row.settings))
 
     if new.status == "failed" and old.status != "failed":
-        row.problems.append(f"now failed: {last_line(new.error)}")
+        row.problems.append(f"now failed: {new.cause}")
     elif new.status == "skipped" and old.status == "ok":
         if env_reasons:
             row.reasons += [*env_reasons, f"now skipped: {new.reason}"]
         else:
             row.problems.append(f"now skipped: {new.reason}")
     elif old.status == "failed" and new.status == "failed":
-        row.reasons.append(f"failed in both runs: {last_line(new.error)}")
+        row.reasons.append(f"failed in both runs: {new.cause}")
     elif old.status != "ok" or new.status != "ok":
-        was = old.reason if old.status == "skipped" else last_line(old.error)
+        was = old.reason if old.status == "skipped" else old.cause
         if old.status == new.status:
-            row.info.append(f"{new.status} in both runs: {new.reason or last_line(new.error)}")
+            row.info.append(f"{new.status} in both runs: {new.reason or new.cause}")
         else:
             row.notes.append(f"now {new.status} (was {old.status}: {was})")
     else:
@@ -663,11 +663,6 @@ def _batch_order(batch: str) -> tuple[int, str]:
         return (int(batch), batch)
     except ValueError:
         return (1 << 62, batch)
-
-
-def last_line(text: Any) -> str:
-    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
-    return lines[-1] if lines else "no error recorded"
 
 
 def _short(value: Any, width: int = 40) -> str:

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 DATASETS: Registry = Registry("dataset")
 DEFAULT_DATASET = "digits"  # bundled with scikit-learn: runs anywhere, no files, no download
+DIGITS_SAMPLES = 1797
+MAX_SYNTHETIC_VALUES = 2**28  # values (samples x pixels) the synthetic dataset may hold: 1 GiB of float32
 
 Pool = tuple[torch.Tensor, torch.Tensor]  # (images, labels) of one official set
 
@@ -51,6 +53,12 @@ class SplitConfig:
 class DigitsConfig(SplitConfig):
     """scikit-learn's bundled 8x8 digits (1,797 images)."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # The sample count is known here, so a split that cannot fit fails when the suite is parsed.
+        requests = [("eval_size", self.eval_size), ("calibration_size", self.calibration_size)]
+        _split_counts(DIGITS_SAMPLES, "the digits dataset", [*requests, ("train_size", self.train_size)])
+
 
 @dataclasses.dataclass
 class SyntheticConfig(SplitConfig):
@@ -69,6 +77,15 @@ class SyntheticConfig(SplitConfig):
         check_range("width", self.width, lo=1)
         check_range("num_classes", self.num_classes, lo=2)
         check_range("n_samples", self.n_samples, lo=3)
+        if self.num_classes > self.n_samples:
+            raise ConfigError("num_classes", f"must be at most n_samples ({self.n_samples}), got {self.num_classes}")
+        values = self.n_samples * self.channels * self.height * self.width
+        if values > MAX_SYNTHETIC_VALUES:  # a typo in a size must fail here, not fill the machine's memory
+            raise ConfigError(
+                "n_samples",
+                f"n_samples x channels x height x width = {values:.3g} values, more than the {MAX_SYNTHETIC_VALUES} "
+                f"({4 * MAX_SYNTHETIC_VALUES / 2**30:g} GiB of float32) the synthetic dataset generates",
+            )
         # The sample count is known here, so a split that cannot fit fails when the suite is parsed.
         _split_counts(
             self.n_samples,
@@ -203,12 +220,28 @@ def _split_train_test(name: str, train: Pool, test: Pool, num_classes: int, cfg:
 @DATASETS.register("digits", config=DigitsConfig)
 def load_digits(cfg: DigitsConfig, seed: int) -> DataSplits:
     """scikit-learn's 8x8 handwritten digits, 1x8x8, 10 classes; ships with scikit-learn, so always available."""
-    from sklearn.datasets import load_digits as sk_load_digits  # sklearn is slow to import; only this loader needs it
-
-    bunch = sk_load_digits()
-    x = _to_float(bunch.images.reshape(-1, 1, 8, 8), 16.0)  # pixel values are 0..16
-    y = torch.as_tensor(bunch.target, dtype=torch.int64)
+    images, target = _digits_arrays()
+    x = _to_float(images.reshape(-1, 1, 8, 8), 16.0)  # pixel values are 0..16
+    y = torch.as_tensor(target, dtype=torch.int64)
     return _split_one_pool("digits", x, y, 10, cfg, seed, "the digits dataset")
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of the digits: read from scikit-learn's data file as its load_digits reads it, without
+    importing sklearn (seconds of scipy imports, paid by every `bench list`); through sklearn if the file moved."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package without running its __init__
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits as sk_load_digits
+
+        bunch = sk_load_digits()
+        return bunch.images, bunch.target
+    with gzip.open(path, mode="rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1], data[:, -1].astype(int)
 
 
 @DATASETS.register("synthetic", config=SyntheticConfig)

@@ -6,6 +6,8 @@ a bad argument or a missing file. Everything else that goes wrong inside a cell 
 
 from __future__ import annotations
 
+STAGE_NOTE = "bench stage: "  # the prefix of the note bench.pipeline adds to an exception raised inside a stage
+
 
 class BenchInputError(Exception):
     """A mistake in the user's input. The message names the file and the field."""

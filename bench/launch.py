@@ -55,7 +55,7 @@ def torchrun(nproc: int, spec: dict[str, Any], workdir: Path, *, what: str, time
     The spec goes to `workdir/spec.json`; the workers' output to `workdir/torchrun.log`, whose tail a failure
     (RuntimeError) quotes. On a timeout or an interrupt the launcher's whole process group is stopped.
     """
-    spec_path = workdir / "spec.json"
+    spec_path = (workdir / "spec.json").resolve()  # absolute: the ranks start in workdir
     spec_path.write_text(json.dumps(spec))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
     cmd += ["-m", "bench.launch", str(spec_path)]
@@ -63,7 +63,14 @@ def torchrun(nproc: int, spec: dict[str, Any], workdir: Path, *, what: str, time
     start = time.perf_counter()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=worker_env(nproc), start_new_session=True
+            # started in the work folder: `-m` puts the working directory first on the ranks' import path, and a
+            # folder named `bench` where the user stands must not shadow the harness
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=worker_env(nproc),
+            start_new_session=True,
+            cwd=workdir,
         )
         try:
             code = proc.wait(timeout=timeout_s)

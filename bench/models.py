@@ -127,6 +127,9 @@ def model_fingerprint(name: str, cfg: Any) -> dict[str, str]:
     return out
 
 
+AUX_LOGITS_MODELS = ("googlenet", "inception_v3")
+
+
 def _torchvision_entry(name: str) -> Entry | None:
     """Any torchvision classification model by name, adapted to the data's channels (weights: none, offline)."""
     import torchvision
@@ -136,6 +139,9 @@ def _torchvision_entry(name: str) -> Entry | None:
         return None
 
     def factory(num_classes: int, in_shape: tuple[int, int, int], **kwargs: Any) -> nn.Module:
+        if tv_name in AUX_LOGITS_MODELS:  # in training they return a tuple with the auxiliary heads' logits
+            kwargs.setdefault("aux_logits", False)
+            kwargs.setdefault("init_weights", True)  # torchvision's reference initialisation, said explicitly
         net = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
         if in_shape[0] != 3:  # torchvision stems expect RGB: repeat grey channels rather than retrain the stem
             return nn.Sequential(_RepeatChannels(3 // in_shape[0] if 3 % in_shape[0] == 0 else 3), net)

@@ -31,12 +31,13 @@ from bench.cache import StageCache, stage_key
 from bench.compressions import Compressed
 from bench.config import to_dict
 from bench.datasets import load_dataset
+from bench.errors import STAGE_NOTE
 from bench.evaluate import evaluate
+from bench.filehash import sha256_file
 from bench.matrix import Cell
 from bench.measure.latency import resolve_profile
 from bench.measure.memory import PeakRSS
 from bench.measure.schedule import MeasureJob, measure_interleaved
-from bench.measure.sessions import sha256_file
 from bench.models import build_model, model_fingerprint
 from bench.plugins import registry
 from bench.registry import NoConfig
@@ -96,6 +97,21 @@ class Pipeline:
         if (kind, key) in self._memo:
             return self._memo[(kind, key)]
         start = time.perf_counter()
+        try:
+            return self._run_stage(kind, key, build, load, start)
+        except Exception as exc:  # the cell's one-line summary says which stage failed (bench.assemble)
+            names = [v["name"] for v in config.values() if isinstance(v, dict) and "name" in v]
+            exc.add_note(f"{STAGE_NOTE}{kind}" + (f" ({', '.join(map(str, names))})" if names else ""))
+            raise
+
+    def _run_stage(
+        self,
+        kind: str,
+        key: str,
+        build: Callable[[Path], dict[str, Any]],
+        load: Callable[[Path, dict[str, Any]], Any] | None,
+        start: float,
+    ) -> StageResult:
         with PeakRSS() as peak:
             hit = self.cache.has(kind, key)
             if hit:
@@ -106,6 +122,7 @@ class Pipeline:
                 meta = build(staging)
                 meta.setdefault("seconds", time.perf_counter() - start)
                 path = self.cache.commit(kind, key, staging, meta)
+                meta = self.cache.meta(kind, key)  # another run's, when it committed the same stage first
             value = load(path, meta) if load else None
         seconds = meta["seconds"] if not hit else time.perf_counter() - start
         jsonl.append(
@@ -125,6 +142,10 @@ class Pipeline:
         return result
 
     # -- data -------------------------------------------------------------------------------------------------
+
+    def use_datasets(self, splits: dict[str, DataSplits]) -> None:
+        """Take data already loaded (by bench.preflight's checks) instead of loading it again; by dataset label."""
+        self._splits.update(splits)
 
     def load_datasets(self, choices: list[Choice]) -> None:
         """Load each dataset once per run (raises BenchInputError for missing files before any cell runs)."""
@@ -331,8 +352,12 @@ BASELINE_COMPRESSION = Choice("compression", "none", "none", NoConfig())
 BASELINE_RUNTIME = Choice("runtime", "eager", "eager", NoConfig())
 
 
+def is_compressed(cell: Cell) -> bool:
+    return cell.compression.record() != {"name": "none"}
+
+
 def is_baseline(cell: Cell) -> bool:
-    return cell.compression.record() == {"name": "none"} and cell.runtime.record() == {"name": "eager"}
+    return not is_compressed(cell) and cell.runtime.record() == {"name": "eager"}
 
 
 def _load_module(path: Path, meta: dict[str, Any]) -> nn.Module:

@@ -193,6 +193,20 @@ class BaselineRef(JsonObject):
 
 
 @dataclasses.dataclass
+class Payoff(JsonObject):
+    """A compressed cell's latency against the uncompressed model on the same runtime (bench.payoff): "does not
+    pay off" (slower beyond noise at some batch size), "faster" (at every batch size) or "no clear change"; per
+    batch size the ratio of medians (cell / baseline) and the one-sided p-value of the verdict's direction."""
+
+    verdict: str | None = None
+    baseline_cell: str | None = None
+    ratio: dict[str, float] | None = None
+    p_value: dict[str, float] | None = None
+    slower_batches: list[int] | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
 class MeasurementInfo(JsonObject):
     """How latency and memory were measured, and the load-time figures beside them."""
 
@@ -203,6 +217,7 @@ class MeasurementInfo(JsonObject):
     baseline_rss_mb: float | None = None
     inference_rss_delta_mb: float | None = None
     peak_gpu_mb: float | None = None
+    model_gpu_mb: float | None = None  # peak GPU allocation over the runtime's, with no model
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -216,6 +231,7 @@ class TrainingInfo(JsonObject):
     samples_per_s: float | None = None
     final_loss: float | None = None
     recipe_extra: dict[str, Any] | None = None  # TrainCost.extra: recipe-specific (e.g. early stopping)
+    history: list[dict[str, Any]] | None = None  # TrainCost.history: per epoch {"epoch", "loss", "train_accuracy"}
     peak_memory_mb: float | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -315,6 +331,7 @@ class CellRecord(JsonObject):
     status: str | None = None  # "ok", "skipped" or "failed"
     reason: str | None = None  # why a cell was skipped
     error: str | None = None  # the traceback of a failed cell
+    error_summary: str | None = None  # one line: the stage that failed and why (bench.assemble.error_summary)
     dataset: dict[str, Any] | None = None
     seed: int | None = None
     device: str | None = None
@@ -330,6 +347,7 @@ class CellRecord(JsonObject):
     latency_ms: dict[str, LatencyStats] | None = None  # batch size -> stats
     throughput_sps: float | None = None
     peak_memory_mb: float | None = None
+    model_memory_mb: float | None = None  # the peak over the same runtime brought up with no model
     model_size_bytes: int | None = None
     params: int | None = None
     macs: int | None = None
@@ -349,10 +367,20 @@ class CellRecord(JsonObject):
     artifact: ArtifactInfo | None = None
     stages: dict[str, str] | None = None  # stage kind -> cache key
     budget: BudgetVerdict | None = None
+    payoff: Payoff | None = None  # compressed cells: latency against the uncompressed model on the same runtime
     gates: dict[str, GateVerdict] | None = None  # gate name -> its verdict on this cell (bench.gates)
 
     wall_s: float | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def cause(self) -> str:
+        """One line saying why a cell failed: its error_summary, or the last line of the traceback in records
+        written before summaries."""
+        if self.error_summary:
+            return self.error_summary
+        lines = [line.strip() for line in str(self.error or "").splitlines() if line.strip()]
+        return lines[-1] if lines else "no error recorded"
 
     def _omitted(self, name: str, value: Any) -> bool:
         return value is None and self.status != "ok" and name in _outcome_fields()

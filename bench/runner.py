@@ -45,13 +45,15 @@ from bench.gates import gate_counts
 from bench.invariants import run_invariants
 from bench.matrix import Cell, build_cells, select_shard
 from bench.parity import check_parity
-from bench.pipeline import Pipeline, is_baseline
+from bench.pipeline import Pipeline, StageResult, is_baseline, is_compressed
+from bench.preflight import check_suite
 from bench.record import SCHEMA_VERSION, CellRecord, read_records
+from bench.rundir import RUN_FILE, check_resumable, provenance
 from bench.suite import Suite
 
 log = logging.getLogger(__name__)
 
-RUN_FILE, CELLS_FILE, STAGES_FILE = "run.json", "cells.jsonl", "stages.jsonl"
+CELLS_FILE, STAGES_FILE, ERRORS_FILE = "cells.jsonl", "stages.jsonl", "errors.log"
 
 
 def resolve_device(requested: str) -> str:
@@ -140,33 +142,38 @@ def run_suite(
     """Run every (missing) cell of `suite` into `run_dir`; returns run.json's content."""
     device = resolve_device(device or suite.device)
     cells_path = run_dir / CELLS_FILE
-    if cells_path.exists() and not resume:
+    if (cells_path.exists() or (run_dir / RUN_FILE).exists()) and not resume:
         raise BenchInputError(
             f"{run_dir} already holds a run; pass --resume to finish it or choose another --out", field="--out"
         )
     threads = suite.measurement.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)  # pinned for training, evaluation and measurement alike; recorded below
     env = environment()
-    cells = select_shard(build_cells(suite, device), shard)
+    all_cells = build_cells(suite, device)
+    cells = select_shard(all_cells, shard)
     pipeline = Pipeline(suite, StageCache(cache_dir), run_dir / STAGES_FILE, device, threads, env, remeasure)
-    # Data first: missing dataset files are the user's mistake (exit 2), found before anything is written.
-    try:
-        pipeline.load_datasets([cell.dataset for cell in cells])
-    except BenchInputError as exc:
-        raise BenchInputError(exc.detail, file=exc.file or suite.file, field=exc.field or "dataset") from None
+    # Every input error of the whole suite (every shard's: data files and splits, models and checkpoints on the
+    # data's shape, eps) is found here, before anything is written (bench.preflight); the run reuses its data.
+    splits = check_suite(suite, all_cells)
+    needed = {cell.dataset.label for cell in cells}
+    pipeline.use_datasets({label: data for label, data in splits.items() if label in needed})
+
+    # A resume continues only the experiment the directory holds (bench.rundir); refused before anything is written.
+    current = provenance(suite.resolved(), model_files(suite))
+    previous = check_resumable(run_dir, current, list(shard) if shard else None) if resume and run_dir.exists() else {}
 
     run_dir.mkdir(parents=True, exist_ok=True)
     jsonl.repair(cells_path)  # a run killed mid-write leaves a torn last line
     for name in (STAGES_FILE, TIMINGS_FILE, CORRECTNESS_FILE):
         jsonl.repair(run_dir / name)
     done = {r.cell_id for r in read_records(cells_path)}
-    previous = jsonl_read_json(run_dir / RUN_FILE) if resume else {}
     run_meta: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "name": suite.name,
         "suite_file": suite.file,
         "suite": suite.resolved(),
         "suite_hash": suite_hash(suite),
+        "provenance": current,
         "seed": suite.seed,
         "device": device,
         "shard": list(shard) if shard else None,
@@ -198,6 +205,10 @@ def run_suite(
         for group in groups_of(todo):
             for record in run_group(group, pipeline, suite, device, evidence, timeout, bar):
                 jsonl.append(cells_path, record.to_json())
+                if record.status == "failed":  # one line on the console; the traceback in the record and the log
+                    log.warning("cell %s failed: %s", record.cell_id, record.cause)
+                    with open(run_dir / ERRORS_FILE, "a", encoding="utf-8") as log_file:
+                        log_file.write(f"== {record.cell_id} ({_now()})\n{record.error}\n\n")
                 bar.update(1)
     except KeyboardInterrupt:
         run_meta.update(status="interrupted", interrupted_at=_now())
@@ -240,24 +251,27 @@ def run_group(
                 with time_limit(timeout):
                     prepared[cell.cell_id] = (cell, identity, prepare_stages(cell, pipeline))
             except Exception as exc:  # a failing cell is recorded, and the run goes on
-                log.warning("cell %s failed: %s", cell.cell_id, exc)
                 records[cell.cell_id] = failed_record(identity, exc)
         seconds[cell.cell_id] = time.perf_counter() - start
     bar.set_postfix_str(f"measuring {len({s.exported.key for *_, s in prepared.values()})} artifacts", refresh=True)
     items = [(cell, stages.data, stages.exported) for cell, _, stages in prepared.values()]
     measured = pipeline.measure_many(items, timeout)
+    uncompressed: dict[str, tuple[str, StageResult]] = {}  # runtime label -> the uncompressed model's measurement
+    for (cell, _, _), result in zip(prepared.values(), measured, strict=True):
+        if not isinstance(result, Exception) and not is_compressed(cell):
+            uncompressed.setdefault(cell.runtime.label, (str(cell.cell_id), result))
     for (cell, identity, stages), result in zip(prepared.values(), measured, strict=True):
         try:
             if isinstance(result, Exception):
                 raise result
-            stages = dataclasses.replace(stages, measured=result)
+            twin = uncompressed.get(cell.runtime.label) if is_compressed(cell) else None
+            stages = dataclasses.replace(stages, measured=result, uncompressed=twin)
             record = ok_record(identity, stages, suite.evaluation.budget, suite.gate.for_cell(cell))
             evidence.write(record, stages)
             if not result.cache_hit and result.key not in evidence.measured_seconds_counted:
                 seconds[cell.cell_id] += result.meta["seconds"]  # the first cell of an artifact carries its timing
                 evidence.measured_seconds_counted.add(result.key)
         except Exception as exc:
-            log.warning("cell %s failed: %s", cell.cell_id, exc)
             record = failed_record(identity, exc)
         records[cell.cell_id] = record
     out = []
@@ -266,6 +280,13 @@ def run_group(
         record.wall_s = seconds[cell.cell_id]
         out.append(record)
     return out
+
+
+def model_files(suite: Suite) -> dict[str, dict[str, str]]:
+    """Each model's checkpoint and source hashes (bench.models.model_fingerprint), by label."""
+    from bench.models import model_fingerprint
+
+    return {c.label: model_fingerprint(c.name, c.config) for c in suite.axes["model"]}
 
 
 def suite_hash(suite: Suite) -> str:
@@ -313,12 +334,3 @@ class EvidenceWriter:
                 None if robust is None else robust.numpy(),
             ),
         )
-
-
-def jsonl_read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}

@@ -177,8 +177,8 @@ def _parse_suite(data: Any, path: Path) -> Suite:
     if not isinstance(name, str) or not name:
         raise BenchInputError("missing 'name' (a string)", field="name")
     seed = data.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise BenchInputError(f"expected a non-negative integer, got {seed!r}", field="seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise BenchInputError(f"expected an integer in [0, 2**32), got {seed!r}", field="seed")
     device = data.get("device", "cpu")
     if device not in ("cpu", "cuda", "auto"):
         raise BenchInputError(f"expected cpu, cuda or auto, got {device!r}", field="device")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bench.payoff import SLOWER, payoff_line
 from bench.record import CellRecord
 
 
@@ -41,4 +42,5 @@ def summary_table(records: list[CellRecord]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)) for row in (header, *rows)]
     lines += [f"skipped: {reason}" for reason in reasons]
+    lines += [payoff_line(r.cell_id, r.payoff) for r in records if r.payoff and r.payoff.verdict == SLOWER]
     return "\n".join(lines)

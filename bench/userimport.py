@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import importlib
 import importlib.util
-import hashlib
 import os
 import sys
 import sysconfig

@@ -125,15 +125,18 @@ def tiny_net(num_classes: int, in_shape: tuple[int, int, int], width: int = 16) 
 
 
 def broken_net(num_classes: int, in_shape: tuple[int, int, int]) -> nn.Module:
-    """A model whose forward raises: its cells must be recorded as failed while the run goes on."""
+    """A model that builds and predicts (the checks before a run pass it) but whose forward raises in training: its
+    cells must be recorded as failed while the run goes on."""
 
     class Broken(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.fc = nn.Linear(1, 1)
+            self.fc = nn.Linear(1, num_classes)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            raise RuntimeError("this model is broken on purpose")
+            if self.training:
+                raise RuntimeError("this model is broken on purpose")
+            return self.fc(x.mean(dim=(1, 2, 3)).unsqueeze(1))
 
     return Broken()
 
@@ -235,7 +238,8 @@ class Sleepy(nn.Module):
         self.sleep_s, self.when = sleep_s, when
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.when == "always" or (x.shape[0] == 1 and torch.is_inference_mode_enabled()):
+        # "always" sleeps in training only: the checks before a run (bench.preflight) call forward in eval mode
+        if (self.when == "always" and self.training) or (x.shape[0] == 1 and torch.is_inference_mode_enabled()):
             time.sleep(self.sleep_s)
         return self.fc(x.flatten(1))
 

@@ -100,4 +100,8 @@ def test_bench_list_prints_cells_and_count(tmp_path, capsys):
     assert code == 0
     lines = out.strip().splitlines()
     assert lines[-1] == "48 cells: 48 to run, 0 skipped"
-    assert len(lines) == 49
+    assert lines[-3:-1] == [
+        "model mlp: normalize=true (dataset mean/std normalisation inside the model)",
+        "model simple_cnn: normalize=true (dataset mean/std normalisation inside the model)",
+    ]
+    assert len(lines) == 48 + 2 + 1

@@ -57,3 +57,11 @@ def test_missing_checkpoint_is_a_user_error(tmp_path, capsys):
 def test_unknown_model_lists_valid_names():
     with pytest.raises(UnknownNameError, match="valid: mlp, resnet18, simple_cnn"):
         MODELS.get("no_such_model")
+
+
+def test_torchvision_models_with_auxiliary_heads_train_on_one_output():
+    # googlenet / inception_v3 return (logits, aux...) in training unless told otherwise: a recipe's loss needs logits
+    model = build_registered_model("googlenet", {}, in_shape=(3, 32, 32)).train()
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    with_aux = build_registered_model("googlenet", {"kwargs": {"aux_logits": True}}, in_shape=(3, 32, 32))
+    assert isinstance(with_aux.net.aux1, torch.nn.Module)  # what the user asks for still wins

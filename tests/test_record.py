@@ -18,7 +18,7 @@ from tests.conftest import TINY_SUITE, run_cli, write_suite
 IDENTITY_KEYS = [
     "cell_id",
     *("model", "recipe", "compression", "runtime", "attack"),
-    *("labels", "status", "reason", "error", "dataset", "seed", "device", "settings_hash"),
+    *("labels", "status", "reason", "error", "error_summary", "dataset", "seed", "device", "settings_hash"),
 ]
 
 

@@ -105,11 +105,38 @@ def test_torn_last_line_is_repaired_on_resume(tmp_path, capsys):
     after = jsonl.read(out / "cells.jsonl")
     assert [r["cell_id"] for r in after] == [json.loads(line)["cell_id"] for line in lines]
 
+    # the same directory resumed with a changed suite: refused in one line naming the field, nothing written
+    before = {name: (out / name).read_bytes() for name in ("run.json", "cells.jsonl", "stages.jsonl")}
+    changed = copy.deepcopy(TINY_SUITE)
+    changed["recipes"][0]["epochs"] = 2
+    changed_file = write_suite(tmp_path / "changed.yaml", changed)
+    code, _, err = run_cli(["run", changed_file, "--out", out, "--cache", cache, "--no-progress", "--resume"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"cannot resume {out}: suite.recipes[0].epochs is 3 in that run and 2 now" in err
+    assert {name: (out / name).read_bytes() for name in before} == before
+    # gates and the description judge and describe, they do not measure: such a resume goes on
+    judged = copy.deepcopy(TINY_SUITE) | {"description": "new words", "gate": {"min_clean_accuracy": 0.1}}
+    judged_file = write_suite(tmp_path / "judged.yaml", judged)
+    assert run_cli(["run", judged_file, "--out", out, "--cache", cache, "--no-progress", "--resume"], capsys)[0] == 0
+    # and another shard of the same suite is another experiment
+    code, _, err = run_cli(["run", suite, "--out", out, "--cache", cache, "--resume", "--shard", "1/2"], capsys)
+    assert code == 2 and "--shard is absent in that run and [1, 2] now" in err
 
-def test_failed_cell_is_recorded_and_run_goes_on(tmp_path, capsys):
+
+def test_resume_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
+    suite = write_suite(tmp_path / "s.yaml", copy.deepcopy(TINY_SUITE))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    code, _, err = run_cli(["run", suite, "--out", tmp_path / "notes", "--resume"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{tmp_path / 'notes'} is not a run directory to resume (has no run.json)" in err
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["todo.txt"]
+
+
+def test_failed_cell_is_recorded_and_run_goes_on(tmp_path, capsys, caplog):
     data = copy.deepcopy(TINY_SUITE) | {"models": [{"name": "mlp", "hidden": [16]}, "tests.conftest:broken_net"]}
     suite = write_suite(tmp_path / "s.yaml", data)
-    code, out, _ = run_cli(
+    code, out, err = run_cli(
         ["run", suite, "--out", tmp_path / "run", "--cache", tmp_path / "cache", "--no-progress"], capsys
     )
     assert code == 1
@@ -120,4 +147,11 @@ def test_failed_cell_is_recorded_and_run_goes_on(tmp_path, capsys):
     assert len(failed) == 2
     assert "this model is broken on purpose" in failed[0]["error"]
     assert "Traceback" in failed[0]["error"]
+    # one line a user can act on: the stage, the exception, its message; the traceback in the record and the log
+    summary = "train (tests.conftest:broken_net, standard): RuntimeError: this model is broken on purpose"
+    assert [r["error_summary"] for r in failed] == [summary, summary]
+    assert f"cell {failed[0]['cell_id']} failed: {summary}" in caplog.text  # the console's log line
+    assert "Traceback" not in out + err + caplog.text
+    log = (tmp_path / "run" / "errors.log").read_text()
+    assert log.count("Traceback") == 2 and f"== {failed[1]['cell_id']}" in log
     assert "2 failed" in out

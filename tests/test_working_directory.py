@@ -21,6 +21,7 @@ def test_a_folder_named_bench_in_the_working_directory_changes_nothing(tmp_path)
         (tmp_path / name / "__init__.py").write_text("raise ImportError('the user folder was imported')\n")
     suite = copy.deepcopy(TINY_SUITE) | {"attacks": ["none"]}
     suite["runtimes"] = ["eager", {"name": "onnxruntime", "exporter": "torchscript"}]
+    suite["recipes"] = [{"name": "ddp", "world_size": 2, "epochs": 1}]  # torchrun ranks start with `-m` too
     path = write_suite(tmp_path / "suite.yaml", suite)
     proc = subprocess.run(
         [BENCH, "run", path, "--out", tmp_path / "run", "--cache", tmp_path / "cache", "--no-progress"],
@@ -33,6 +34,7 @@ def test_a_folder_named_bench_in_the_working_directory_changes_nothing(tmp_path)
     records = [json.loads(line) for line in (tmp_path / "run" / "cells.jsonl").read_text().splitlines()]
     assert [r["status"] for r in records] == ["ok", "ok"]
     assert all(r["latency_ms"]["1"]["p50"] > 0 for r in records)  # the measurement workers ran the harness's code
+    assert all(r["training"]["extra"]["processes"] == 2 for r in records)  # and so did the torchrun ranks
 
 
 def test_a_closed_pipe_ends_bench_list_quietly(tmp_path):

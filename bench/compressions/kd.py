@@ -48,6 +48,8 @@ def _parse_student(spec: Any) -> tuple[str, Any]:
         entry = MODELS.get(name)
     except UnknownNameError as exc:
         raise ConfigError("student", str(exc)) from exc
+    except ConfigError as exc:  # a `package.module:function` that does not import
+        raise ConfigError(f"student.{exc.field}", str(exc)) from exc
     try:
         return name, parse_config(entry.config_cls, params)
     except ConfigError as exc:

@@ -2,20 +2,26 @@
 
 Which code opens an artifact is the runtime's business: at export it names an opener, `module:function` with the
 signature `(path, device, threads, options) -> Session` (e.g. `bench.runtimes.ort_session:open_onnx`), and
-`open_session` imports that opener after verifying the file. This module imports no torch: the measurement worker
-opens ONNX artifacts with ONNX Runtime alone, so their memory figure is that of an ONNX Runtime deployment, not of
-a process that also holds PyTorch (the ONNX opener's module must not import torch either).
+`open_session` imports that opener after verifying the file. An opener may also say how to bring its runtime up
+with no model (`warms_up`, `warm_runtime`): the measurement worker does that first and takes the RSS then as the
+baseline of the model's own share of the memory (`model_memory_mb`).
+
+This module imports no torch: the measurement worker opens ONNX artifacts with ONNX Runtime alone, so their memory
+figure is that of an ONNX Runtime deployment, not of a process that also holds PyTorch (the ONNX opener's module must
+not import torch either).
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+from bench.filehash import sha256_file
 
 
 class Session:
@@ -55,14 +61,6 @@ class ArtifactIntegrityError(RuntimeError):
     """The artifact on disk is not the one that was exported (altered or truncated)."""
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify(path: Path, sha256: str | None) -> None:
     """Refuse an artifact whose bytes changed since export: it must never be measured or scored silently."""
     if sha256 is None:
@@ -91,8 +89,44 @@ def open_session(
     session settings (ONNX Runtime providers and session options; `compile` for torch.compile).
     """
     verify(path, sha256)
+    return _opener(opener)(path, device, threads, options or {})
+
+
+def _opener(opener: str) -> Callable[..., Session]:
     module_name, _, function = opener.partition(":")
-    return getattr(importlib.import_module(module_name), function)(path, device, threads, options or {})
+    return getattr(importlib.import_module(module_name), function)
+
+
+# `warm(device, threads, options) -> anything`: brings a runtime up without a model (see `warms_up`)
+Warmer = Callable[[str, int | None, dict[str, Any]], Any]
+OpenerT = TypeVar("OpenerT", bound=Callable[..., Any])
+
+
+def warms_up(warm: Warmer) -> Callable[[OpenerT], OpenerT]:
+    """Decorator for an opener: `warm(device, threads, options)` brings the opener's runtime up in this process with
+    no model, the way opening an artifact would (imports, thread pools, allocator, device context), so that what
+    opening and running the artifact adds on top is the model's own share. It returns whatever must stay alive
+    meanwhile (e.g. a session over a trivial model), or None.
+
+        @warms_up(warm_torch)
+        def open_pickled_module(path, device, threads, options): ...
+    """
+
+    def attach(opener: OpenerT) -> OpenerT:
+        setattr(opener, "warm_up", warm)  # noqa: B010 (an attribute a plain function does not declare)
+        return opener
+
+    return attach
+
+
+def warm_runtime(
+    opener: str, device: str = "cpu", threads: int | None = None, options: dict[str, Any] | None = None
+) -> Any:
+    """Bring up the runtime that `opener` loads artifacts into, without loading one: the opener's `warms_up`
+    function, or by default just the import of the opener's module. Keep the return value alive until the
+    measurement is done (what it holds belongs to the runtime's baseline)."""
+    warm = getattr(_opener(opener), "warm_up", None)
+    return None if warm is None else warm(device, threads, options or {})
 
 
 def pin_threads_env(threads: int | None) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Measure one deployed artifact in a fresh process: load, first call, memory pass, then latency per batch size.
+"""Measure one deployed artifact in a fresh process: the runtime up with no model (the baseline of the model's
+share of the memory), load, first call, memory pass, then latency per batch size.
 
 Run as `python -m bench.measure.worker SPEC.json RESULT.json`. A fresh process per artifact (as
 optimum-benchmark's process launcher does) keeps one artifact's allocations out of another's peak memory and
@@ -18,7 +19,7 @@ import numpy as np
 
 from bench.measure.latency import Profile, summarize, time_calls, time_calls_cuda
 from bench.measure.memory import PeakRSS
-from bench.measure.sessions import open_session
+from bench.measure.sessions import open_session, warm_runtime
 
 REFERENCE_SIZE = 256  # a float32 matmul of this size: about a millisecond on a laptop core
 
@@ -45,6 +46,15 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     rng = np.random.default_rng(spec.get("seed", 0))
     shape = tuple(spec["input_shape"])
     result: dict[str, Any] = {}
+    # The runtime first, with no model (imports, thread pools, allocator, device context, as the opener's
+    # `warms_up` says): the RSS then is the baseline of the model's own share, `model_memory_mb`. For an eager
+    # 90k-parameter CNN the process peak is ~550 MB, nearly all of it `import torch`.
+    with PeakRSS() as runtime_peak:
+        t0 = time.perf_counter()
+        runtime = warm_runtime(spec["session"], spec["device"], spec.get("threads"), spec.get("options"))
+        result["runtime_warmup_s"] = time.perf_counter() - t0
+    result["process_start_rss_mb"] = runtime_peak.start_mb
+    cuda_baseline = _cuda_allocated(spec)  # bytes the runtime holds on the GPU with no model (None off CUDA)
     with PeakRSS() as load_peak:
         t0 = time.perf_counter()
         session = open_session(
@@ -56,7 +66,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             spec.get("sha256"),
         )
         result["load_s"] = time.perf_counter() - t0
-    result["baseline_rss_mb"] = load_peak.start_mb
+    result["baseline_rss_mb"] = load_peak.start_mb  # the runtime up, no model yet
     if session.min_warmup_iterations > profile.warmup_iterations:
         profile = dataclasses.replace(profile, warmup_iterations=session.min_warmup_iterations)
     inputs = {b: session.prepare(rng.random((b, *shape), dtype=np.float32)) for b in batch_sizes}
@@ -79,10 +89,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         for _ in range(max(3, profile.min_iterations // 4) if spec.get("memory", True) else 0):
             session.run(inputs[largest])
             session.sync()
-    result["peak_rss_mb"] = max(peak.mb, load_peak.mb)
+    result["peak_rss_mb"] = max(peak.mb, load_peak.mb, runtime_peak.mb)
     result["inference_rss_delta_mb"] = max(0.0, peak.mb - load_peak.start_mb)
+    # The model's share: the highest RSS while loading and running it, over the RSS of the runtime with no model.
+    result["model_memory_mb"] = max(0.0, max(peak.mb, load_peak.mb) - load_peak.start_mb)
     if cuda:
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        if cuda_baseline is not None:  # the peak since the reset includes what stayed allocated from the load
+            result["model_gpu_mb"] = max(0.0, (torch.cuda.max_memory_allocated() - cuda_baseline) / 2**20)
 
     latency: dict[str, Any] = {}
     raw: dict[str, list[float]] = {}
@@ -108,7 +122,18 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     # a spinning thread pool: 0.2 ms became 13 ms here) only ever add time, so the minimum tracks the machine's speed.
     result["reference_ms"] = float(min(reference + reference_ms(rng)))
     result.update(session.details())
+    del runtime  # held until here: what the runtime's warm-up keeps alive belongs to the baseline
     return result
+
+
+def _cuda_allocated(spec: dict[str, Any]) -> int | None:
+    """Bytes PyTorch's allocator holds on the current CUDA device (the one `max_memory_allocated` reads) when the
+    spec's device is CUDA and torch is already imported (a PyTorch session's warm-up imports it; an ONNX one never
+    does, and this must not import it); else None."""
+    torch = sys.modules.get("torch")
+    if torch is None or not str(spec["device"]).startswith("cuda") or not torch.cuda.is_initialized():
+        return None
+    return int(torch.cuda.memory_allocated())
 
 
 def main(argv: list[str]) -> int:

@@ -56,8 +56,14 @@ def _charts(runs: list[Run], tags: list[str]) -> list[dict[str, Any]]:
     return result
 
 
-def render_report(run_dirs: list[Path], out: Path, baseline: Path | None = None) -> Path:
-    """Write one self-contained HTML report of `run_dirs` (compared against `baseline` if given) to `out`."""
+def render_report(
+    run_dirs: list[Path], out_path: Path, *, plotly_src: str | None = None, baseline: Path | None = None
+) -> Path:
+    """Write one HTML report of `run_dirs` (compared against `baseline` if given) to `out_path`.
+
+    `plotly_src` None inlines plotly.js once (the page is self-contained and opens offline); a string makes the
+    page load it with `<script src="{plotly_src}">` instead (a site of many reports shares one copy).
+    """
     runs = [load_run(Path(d)) for d in run_dirs]
     tags = _tags(runs)
     headers, rows = tables.matrix(runs, tags)
@@ -83,9 +89,10 @@ def render_report(run_dirs: list[Path], out: Path, baseline: Path | None = None)
         invariants=tables.run_invariants(runs, tags),
         multi_run=len(runs) > 1,
         comparison=comparison,
-        plotly_js=Markup(get_plotlyjs()),
+        plotly_js=Markup(get_plotlyjs()) if plotly_src is None else None,
+        plotly_src=plotly_src,
     )
-    out = Path(out)
+    out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
     return out

@@ -54,11 +54,6 @@ def compact(value: float | None) -> str | None:
     return f"{value:.0f}"
 
 
-def last_line(text: Any) -> str:
-    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
 def _latency_td(cell: CellRecord, batch: int | None) -> Td:
     value, used, insufficient = p50(cell, batch)
     text = ms(value)
@@ -73,7 +68,8 @@ def matrix(runs: list[Run], tags: list[str]) -> tuple[list[str], list[Row]]:
     """Header and rows of the results matrix; a "run" column is added when there are several runs."""
     headers = ["run"] if len(runs) > 1 else []
     headers += ["cell", "status", "clean acc", "robust acc", "threat model", "p50 b1 (ms)", "p50 max batch (ms)"]
-    headers += ["throughput (/s)", "peak mem (MB)", "size", "params", "MACs", "cost (s)", "budget"]
+    headers += ["throughput (/s)", "peak mem (MB)", "model mem (MB)", "size", "params", "MACs", "cost (s)", "budget"]
+    headers += ["vs uncompressed"]
     headers += ["reason / error"]
     rows = []
     for run, tag in zip(runs, tags, strict=True):
@@ -81,6 +77,8 @@ def matrix(runs: list[Run], tags: list[str]) -> tuple[list[str], list[Row]]:
             status = str(cell.status or "unknown")
             clean, robust = num(cell.clean_accuracy), num(cell.robust_accuracy)
             throughput, memory = num(cell.throughput_sps), num(cell.peak_memory_mb)
+            model_memory = num(cell.model_memory_mb)  # the peak over the runtime with no model: the model's share
+            model_text = None if model_memory is None else f"{model_memory:.1f}"
             size, params, macs = num(cell.model_size_bytes), num(cell.params), num(cell.macs)
             total = cost(cell)
             tds = [td(tag, tag)] if len(runs) > 1 else []
@@ -93,17 +91,31 @@ def matrix(runs: list[Run], tags: list[str]) -> tuple[list[str], list[Row]]:
                 _latency_td(cell, 1),
                 _latency_td(cell, None),
                 td(None if throughput is None else f"{throughput:,.0f}", throughput, "num"),
-                td(None if memory is None else f"{memory:.1f}", memory, "num"),
+                td(None if memory is None else f"{memory:.1f}", memory, "num", "peak RSS of the measuring process"),
+                td(model_text, model_memory, "num", "peak RSS over the same runtime loaded with no model"),
                 td(human_bytes(size), size, "num"),
                 td(compact(params), params, "num"),
                 td(compact(macs), macs, "num"),
                 td(None if total is None else f"{total:.1f}", total, "num"),
                 _budget_td(cell),
+                _payoff_td(cell),
             ]
             error = cell.error
-            note = last_line(error) if error else str(cell.reason or "")
+            note = cell.cause if error else str(cell.reason or "")
             rows.append({"status": status, "tds": tds, "note": note, "detail": str(error) if error else ""})
     return headers, rows
+
+
+def _payoff_td(cell: CellRecord) -> Td:
+    """A compressed cell's latency against the uncompressed model on the same runtime (bench.payoff): the verdict
+    and the largest ratio of medians; per batch size ratio and p-value in the tooltip."""
+    payoff = cell.payoff
+    if payoff is None or payoff.verdict is None or not payoff.ratio:
+        return td(None)
+    worst = max(payoff.ratio.values()) if payoff.verdict != "faster" else min(payoff.ratio.values())
+    detail = "; ".join(f"batch {b}: {r:.2f}x, p = {(payoff.p_value or {}).get(b)}" for b, r in payoff.ratio.items())
+    css = {"does not pay off": "worse", "faster": "better"}.get(payoff.verdict, "")
+    return td(f"{payoff.verdict} ({worst:.2f}x)", worst, css, f"median latency / {payoff.baseline_cell}'s: {detail}")
 
 
 def _budget_td(cell: CellRecord) -> Td:

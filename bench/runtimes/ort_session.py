@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.measure.sessions import Session
+from bench.measure.sessions import Session, warms_up
 
 ORT_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -26,10 +26,23 @@ def ort_providers(requested: list[str] | None, device: str) -> list[str]:
     return providers if "CPUExecutionProvider" in providers else [*providers, "CPUExecutionProvider"]
 
 
+# A serialized ONNX model with no weights: one Identity node, float[1] -> float[1] (IR 7, opset 13), as
+# onnx.helper.make_model(make_graph([make_node("Identity", ["x"], ["y"])], "g", [x], [y]), ir_version=7,
+# opset_imports=[make_opsetid("", 13)]).SerializeToString() writes it; kept as bytes so that the worker need not
+# import the onnx package (its memory would count in the runtime's baseline but not in a deployment).
+IDENTITY_MODEL = (
+    b'\x08\x07\x12\x00:7\n\x10\n\x01x\x12\x01y"\x08Identity\x12\x01gZ\x0f\n\x01x\x12\n\n\x08\x08'
+    b"\x01\x12\x04\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\r"
+)
+
+
 class OnnxSession(Session):
     format = "onnx"
 
-    def __init__(self, path: Path, device: str, threads: int | None, options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, path: Path | bytes, device: str, threads: int | None, options: dict[str, Any] | None = None
+    ) -> None:
+        """A session over the ONNX file at `path` (or a serialized model given as bytes)."""
         import onnxruntime as ort
 
         options = options or {}
@@ -52,7 +65,8 @@ class OnnxSession(Session):
         )
         opts.log_severity_level = 3  # keep ORT's warnings about unused initialisers out of the user's way
         providers = ort_providers(options.get("providers"), device)
-        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        model = path if isinstance(path, bytes) else str(path)
+        self.session = ort.InferenceSession(model, sess_options=opts, providers=providers)
         self.settings = {
             "intra_op_threads": opts.intra_op_num_threads,
             "inter_op_threads": opts.inter_op_num_threads,
@@ -77,5 +91,15 @@ class OnnxSession(Session):
         return {"providers": self.session.get_providers(), "session_options": self.settings}
 
 
+def warm_onnx(device: str, threads: int | None, options: dict[str, Any]) -> OnnxSession:
+    """ONNX Runtime up with no model: a session over a weightless Identity graph with the same providers and
+    options, run once, so the ORT environment, the providers and the thread pools exist. It must stay alive while
+    the artifact is measured (it is part of the baseline)."""
+    session = OnnxSession(IDENTITY_MODEL, device, threads, options)
+    session.run(np.ones(1, dtype=np.float32))
+    return session
+
+
+@warms_up(warm_onnx)
 def open_onnx(path: Path, device: str, threads: int | None, options: dict[str, Any]) -> OnnxSession:
     return OnnxSession(path, device, threads, options)

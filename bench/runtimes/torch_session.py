@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.measure.sessions import Session
+from bench.measure.sessions import Session, warms_up
 
 # The openers' names, as runtimes put them into `Exported.session`.
 OPEN_PICKLED = f"{__name__}:open_pickled_module"
@@ -58,6 +58,27 @@ def _session(module: Any, fmt: str, device: str, options: dict[str, Any]) -> Tor
     return session
 
 
+def warm_torch(device: str, threads: int | None, options: dict[str, Any]) -> None:
+    """PyTorch up with no model, as the openers below would leave it: torch imported, its threads set, the intra-op
+    thread pool, the allocator and common kernels (convolution, pooling, linear, matmul) run once on `device` (for
+    CUDA the context and cuBLAS too); for torch.compile, its compiler's modules imported (about 200 MB, a cost of the
+    runtime, not of the model; the compilation itself stays the model's, at the first call)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    with torch.inference_mode():
+        x = torch.ones(2, 3, 8, 8, device=device)  # a batch of 2: a batch of 1 this small skips oneDNN's convolution
+        y = torch.nn.functional.conv2d(x, torch.ones(4, 3, 3, 3, device=device)).relu()
+        y = torch.nn.functional.max_pool2d(y, 2).flatten(1)
+        y = torch.nn.functional.linear(y, torch.ones(5, y.shape[1], device=device), torch.ones(5, device=device))
+        float((y @ y.T).sum())  # a host copy: waits for the device too
+    if options.get("compile"):
+        import torch._dynamo
+        import torch._inductor.compile_fx
+
+
+@warms_up(warm_torch)
 def open_pickled_module(path: Path, device: str, threads: int | None, options: dict[str, Any]) -> TorchSession:
     """A whole pickled module: pruned models change shape, so a state dict alone could not rebuild them."""
     import torch
@@ -70,6 +91,7 @@ def open_pickled_module(path: Path, device: str, threads: int | None, options: d
     return _session(module, "torch", device, options)
 
 
+@warms_up(warm_torch)
 def open_torchscript(path: Path, device: str, threads: int | None, options: dict[str, Any]) -> TorchSession:
     import torch
 
