@@ -57,6 +57,9 @@ class TrainCost:
     samples_per_s: float
     final_loss: float
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # recipe-specific, JSON-ready (e.g. early stop)
+    # Per epoch: {"epoch", "loss" (mean of the epoch's step losses), "accuracy" (of the training batches, as the
+    # model was while it took each step)}: a few numbers per epoch, so that the report can chart the training.
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -118,6 +121,26 @@ def make_optimizer(
     return opt, sched
 
 
+HISTORY_SAMPLES = 512  # the training samples whose accuracy each epoch's history entry records
+
+
+@torch.no_grad()
+def _train_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float | None:
+    """Accuracy on the first HISTORY_SAMPLES training samples in eval mode (None unless y holds class indices):
+    one small forward pass per epoch, which changes neither the weights nor the random streams."""
+    if y.ndim != 1 or y.dtype.is_floating_point or len(x) == 0:
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(x[:HISTORY_SAMPLES])
+    finally:
+        model.train(was_training)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        return None
+    return float((logits.argmax(1) == y[:HISTORY_SAMPLES]).float().mean())
+
+
 def fit(
     model: nn.Module,
     x: torch.Tensor,
@@ -140,13 +163,17 @@ def fit(
     `final_loss` is the last step's loss as the plan scaled it.
     """
     model.to(device).train()
+    single = plan is None
     plan = plan if plan is not None else ShuffledBatches(len(x), cfg.batch_size, seed=seed, device=device)
     opt, sched = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg, cfg.epochs * len(plan))
     x, y = x.to(device), y.to(device)
     loss = torch.tensor(float("nan"))
     start = time.perf_counter()
     epochs_run = 0
+    history: list[dict[str, Any]] = []
     for epoch in range(1, cfg.epochs + 1):
+        # Summed on the device and read once per epoch: no host sync per step.
+        loss_sum, steps = torch.zeros((), device=device), 0
         for idx, scale in plan.batches(epoch - 1):
             idx = idx.to(device)  # a no-op for the default plan's indices
             loss = loss_fn(model, x[idx], y[idx])
@@ -156,7 +183,15 @@ def fit(
             loss.backward()
             opt.step()
             sched.step()
+            loss_sum += loss.detach()
+            steps += 1
         epochs_run = epoch
+        mean = float(loss_sum) / steps if steps else float("nan")
+        entry = {"epoch": epoch, "loss": round(mean, 6) if math.isfinite(mean) else None}
+        # Single-process training only: a data-parallel rank's extra forward could take part in collectives.
+        if single and (accuracy := _train_accuracy(model, x, y)) is not None:
+            entry["train_accuracy"] = round(accuracy, 4)
+        history.append(entry)
         if on_epoch_end is not None and on_epoch_end(epoch, model):
             break
         model.train()
@@ -165,4 +200,5 @@ def fit(
     seconds = time.perf_counter() - start
     model.eval()
     seen = epochs_run * len(x)
-    return TrainCost(seconds, epochs_run, seen, seen / seconds if seconds > 0 else 0.0, float(loss.detach()))
+    rate = seen / seconds if seconds > 0 else 0.0
+    return TrainCost(seconds, epochs_run, seen, rate, float(loss.detach()), history=history)

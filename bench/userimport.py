@@ -134,8 +134,8 @@ def source_sha256(obj: Any) -> str | None:
     files = set()
     for mod in list(sys.modules.values()):
         file = getattr(mod, "__file__", None)
-        if not file or not file.endswith(".py"):
-            continue
+        if not file or not file.endswith(".py") or not os.path.isabs(file):
+            continue  # torch.classes says "_classes.py": no file of the user's
         path = Path(file).resolve()
         if (path.parent == root) if single_module else (root in path.parents):
             files.add(path)

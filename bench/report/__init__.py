@@ -5,6 +5,7 @@ The page must open offline from file://, so plotly.js is inlined once and every 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,25 +13,32 @@ import jinja2
 from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
-from bench.report import charts, tables
+from bench.report import charts, grids, tables, views
 from bench.report.data import Run, load_run, ok_cells
 
 __all__ = ["render_report"]
 
-# (id, chart function, note shown when the chart has no data), in the order they appear.
+# (id, chart function, what it is drawn from, note shown when the chart has no data), in the order they appear.
 CHARTS = [
-    ("accuracy", charts.accuracy_bars, "no ok cell has a clean or robust accuracy"),
-    ("accuracy-latency", charts.accuracy_latency, "no ok cell has both an accuracy and a batch-1 latency"),
-    ("size-accuracy", charts.size_accuracy, "no ok cell has both a model size and a clean accuracy"),
-    ("cost-latency", charts.cost_latency, "no ok cell has both training/compression costs and a batch-1 latency"),
-    ("eps-curves", charts.eps_curves, "no attack was run at more than one eps"),
+    ("robust-latency", charts.robust_latency, "variants", "no variant has both an accuracy and a batch-1 latency"),
+    ("size-accuracy", charts.variant_size_accuracy, "variants", "no variant has both a size and a clean accuracy"),
+    ("speedup", charts.speedup_heatmap, "variants", "no variant has a batch-1 latency and an uncompressed eager twin"),
+    ("breakeven", charts.breakeven_chart, "breakevens", "no compressed variant is faster than its uncompressed twin"),
+    ("accuracy", charts.accuracy_bars, "points", "no ok cell has an accuracy, or too many variants for bars"),
+    ("cost-latency", charts.cost_latency, "variants", "no variant has both training/compression costs and a latency"),
+    ("eps-curves", charts.eps_curves, "points", "no attack was run at more than one eps, or too many curves to draw"),
+    ("training", charts.training_history, "variants", "no training recorded a per-epoch history"),
+    ("federated", charts.federated, "variants", "no federated recipe"),
 ]
+# Charts that are left out without a note when they have no data (most runs have no federated recipe).
+QUIET = {"chart-federated"}
 
 
 def _script_json(text: str) -> Markup:
     # "<" only occurs inside JSON strings, where \u003c means the same; this keeps "</script>" in a cell id
     # or an error from closing the inline script early.
-    return Markup(text.replace("<", "\\u003c"))
+    # plotly writes "/" as \u002f for the same reason: with "<" escaped that is six bytes a slash for nothing.
+    return Markup(text.replace("<", "\\u003c").replace("\\u002f", "/"))
 
 
 def _tags(runs: list[Run]) -> list[str]:
@@ -45,15 +53,20 @@ def _tags(runs: list[Run]) -> list[str]:
     return names
 
 
-def _charts(runs: list[Run], tags: list[str]) -> list[dict[str, Any]]:
-    tag_of = {id(run): tag for run, tag in zip(runs, tags, strict=True)}
-    points = [(tag_of[id(run)], cell) for run, cell in ok_cells(runs)]
+def _charts(sources: dict[str, list[Any]]) -> list[dict[str, Any]]:
     result = []
-    for chart_id, build, note in CHARTS:
-        fig = build(points) if points else None
-        data = None if fig is None else _script_json(fig.to_json())
-        result.append({"id": f"chart-{chart_id}", "json": data, "note": note})
+    for chart_id, build, source, note in CHARTS:
+        data = sources[source]
+        fig = build(data) if data else None
+        if fig is None and f"chart-{chart_id}" in QUIET:
+            continue
+        text = None if fig is None else _script_json(fig.to_json())
+        result.append({"id": f"chart-{chart_id}", "json": text, "note": note})
     return result
+
+
+def _grid_json(grid: dict[str, Any]) -> Markup:
+    return _script_json(json.dumps(grid, separators=(",", ":"), allow_nan=False))
 
 
 def render_report(
@@ -66,12 +79,20 @@ def render_report(
     """
     runs = [load_run(Path(d)) for d in run_dirs]
     tags = _tags(runs)
-    headers, rows = tables.matrix(runs, tags)
     comparison = None
     if baseline is not None:
         base = load_run(Path(baseline))
         comp_headers, comp_rows = tables.comparison(base, runs, tags)
+        regressions = [r for r in comp_rows if r["status"] == "regression"]
         comparison = {"name": base.name, "path": str(base.path), "headers": comp_headers, "rows": comp_rows}
+        comparison["regressions"] = len(regressions)
+    all_variants = views.variants(runs, tags)
+    breakevens = views.break_evens(all_variants)
+    checks = tables.failed_checks(runs, tags)
+    problems = views.problems(runs, tags, all_variants, checks)
+    ok_variants = [v for v in all_variants if v.ok]
+    points = [(tag, cell) for run, tag in zip(runs, tags, strict=True) for cell in run.cells if cell.status == "ok"]
+    multi = len(runs) > 1
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True, undefined=jinja2.StrictUndefined
@@ -81,13 +102,16 @@ def render_report(
         statuses=[tables.status_row(run) for run in runs],
         env_names=[tag or run.name for run, tag in zip(runs, tags, strict=True)],
         env_rows=tables.environment(runs),
-        headers=headers,
-        rows=rows,
-        charts=_charts(runs, tags),
+        headlines=views.headlines(all_variants),
+        problems=problems,
+        fmt=tables,
+        n_cells=sum(len(run.cells) for run in runs),
+        cell_grid=_grid_json(grids.cell_grid(runs, tags)),
+        variant_grid=_grid_json(grids.variant_grid(all_variants, multi)),
+        breakeven_grid=_grid_json(grids.breakeven_grid(breakevens, multi)) if breakevens else None,
+        charts=_charts({"points": points, "variants": ok_variants, "breakevens": breakevens}),
         any_ok=bool(ok_cells(runs)),
-        checks=tables.failed_checks(runs, tags),
-        invariants=tables.run_invariants(runs, tags),
-        multi_run=len(runs) > 1,
+        multi_run=multi,
         comparison=comparison,
         plotly_js=Markup(get_plotlyjs()) if plotly_src is None else None,
         plotly_src=plotly_src,

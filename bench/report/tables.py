@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bench.record import CellRecord, MetricVerdict
-from bench.report.data import Run, cell_id, cost, num, p50
+from bench.record import MetricVerdict
+from bench.report.data import Run, cell_id, num
 
 Td = dict[str, Any]
 Row = dict[str, Any]
@@ -54,92 +54,6 @@ def compact(value: float | None) -> str | None:
     return f"{value:.0f}"
 
 
-def _latency_td(cell: CellRecord, batch: int | None) -> Td:
-    value, used, insufficient = p50(cell, batch)
-    text = ms(value)
-    if text is not None and batch is None:
-        text += f" (b{used})"
-    # A percentile from too few samples is still shown, but flagged so nobody reads it as solid.
-    flag = "too few samples for a reliable p50" if insufficient else ""
-    return td(text + " *" if text and insufficient else text, value, "num insufficient" if flag else "num", flag)
-
-
-def matrix(runs: list[Run], tags: list[str]) -> tuple[list[str], list[Row]]:
-    """Header and rows of the results matrix; a "run" column is added when there are several runs."""
-    headers = ["run"] if len(runs) > 1 else []
-    headers += ["cell", "status", "clean acc", "robust acc", "threat model", "p50 b1 (ms)", "p50 max batch (ms)"]
-    headers += ["throughput (/s)", "peak mem (MB)", "model mem (MB)", "size", "params", "MACs", "cost (s)", "budget"]
-    headers += ["vs uncompressed"]
-    headers += ["reason / error"]
-    rows = []
-    for run, tag in zip(runs, tags, strict=True):
-        for cell in run.cells:
-            status = str(cell.status or "unknown")
-            clean, robust = num(cell.clean_accuracy), num(cell.robust_accuracy)
-            throughput, memory = num(cell.throughput_sps), num(cell.peak_memory_mb)
-            model_memory = num(cell.model_memory_mb)  # the peak over the runtime with no model: the model's share
-            model_text = None if model_memory is None else f"{model_memory:.1f}"
-            size, params, macs = num(cell.model_size_bytes), num(cell.params), num(cell.macs)
-            total = cost(cell)
-            tds = [td(tag, tag)] if len(runs) > 1 else []
-            tds += [
-                td(cell_id(cell), cell_id(cell), "id"),
-                td(status, status, f"status {status}"),
-                td(pct(clean), clean, "num"),
-                td(pct(robust), robust, "num"),
-                td(cell.threat_model, cell.threat_model, title=str(cell.surrogate or "")),
-                _latency_td(cell, 1),
-                _latency_td(cell, None),
-                td(None if throughput is None else f"{throughput:,.0f}", throughput, "num"),
-                td(None if memory is None else f"{memory:.1f}", memory, "num", "peak RSS of the measuring process"),
-                td(model_text, model_memory, "num", "peak RSS over the same runtime loaded with no model"),
-                td(human_bytes(size), size, "num"),
-                td(compact(params), params, "num"),
-                td(compact(macs), macs, "num"),
-                td(None if total is None else f"{total:.1f}", total, "num"),
-                _budget_td(cell),
-                _payoff_td(cell),
-            ]
-            error = cell.error
-            note = cell.cause if error else str(cell.reason or "")
-            rows.append({"status": status, "tds": tds, "note": note, "detail": str(error) if error else ""})
-    return headers, rows
-
-
-def _payoff_td(cell: CellRecord) -> Td:
-    """A compressed cell's latency against the uncompressed model on the same runtime (bench.payoff): the verdict
-    and the largest ratio of medians; per batch size ratio and p-value in the tooltip."""
-    payoff = cell.payoff
-    if payoff is None or payoff.verdict is None or not payoff.ratio:
-        return td(None)
-    worst = max(payoff.ratio.values()) if payoff.verdict != "faster" else min(payoff.ratio.values())
-    detail = "; ".join(f"batch {b}: {r:.2f}x, p = {(payoff.p_value or {}).get(b)}" for b, r in payoff.ratio.items())
-    css = {"does not pay off": "worse", "faster": "better"}.get(payoff.verdict, "")
-    return td(f"{payoff.verdict} ({worst:.2f}x)", worst, css, f"median latency / {payoff.baseline_cell}'s: {detail}")
-
-
-def _budget_td(cell: CellRecord) -> Td:
-    """Within the accuracy budget of the uncompressed baseline (clean and robust), as MLPerf's 99% rule: kept,
-    lost (below the limit and a paired test supports the drop) or inconclusive (below it, but too few samples to
-    tell), with n and the 95% interval of the difference in the tooltip."""
-    budget = cell.budget
-    if budget is None or budget.within_budget is None:
-        return td(None)
-    verdicts = {"clean": budget.clean_accuracy, "robust": budget.robust_accuracy}
-    outcome = {metric: metric_outcome(v) for metric, v in verdicts.items() if v is not None}
-    lost = [metric for metric, o in outcome.items() if o == "lost"]
-    unsure = [metric for metric, o in outcome.items() if o == "inconclusive"]
-    if lost or budget.within_budget is False:
-        text, rank, cls = "lost: " + ", ".join(lost or ["?"]), 0, "status failed"
-    elif unsure:
-        text, rank, cls = "inconclusive: " + ", ".join(unsure), 1, "status skipped"
-    else:
-        text, rank, cls = "kept", 2, "status ok"
-    title = [f"at least {(num(budget.ratio) or 0) * 100:g}% of the uncompressed eager baseline"]
-    title += [f"{metric}: {budget_detail(v)}" for metric, v in verdicts.items() if v is not None]
-    return td(text, rank, cls, title="\n".join(title))
-
-
 def metric_outcome(verdict: MetricVerdict) -> str:
     """kept / lost / inconclusive of one metric (a record from before the paired test has only `kept`)."""
     if verdict.verdict in ("kept", "lost", "inconclusive"):
@@ -172,23 +86,6 @@ def failed_gates(run: Run) -> dict[str, list[dict[str, str]]]:
             key = {"fail": "failed", "inconclusive": "inconclusive"}.get(str(gate.verdict))
             if key:
                 out[key].append({"cell": cell_id(cell), "gate": str(name), "detail": str(gate.detail or "")})
-    return out
-
-
-def run_invariants(runs: list[Run], tags: list[str]) -> list[dict[str, str]]:
-    """Run-level robustness invariants that failed (eps monotonicity, PGD vs FGSM, gradient masking)."""
-    out = []
-    for run, tag in zip(runs, tags, strict=True):
-        invariants = run.meta.get("invariants") if isinstance(run.meta.get("invariants"), dict) else {}
-        for v in invariants.get("violations") or []:
-            out.append(
-                {
-                    "run": tag,
-                    "check": str(v.get("check")),
-                    "artifact": str(v.get("artifact")),
-                    "detail": str(v.get("detail")),
-                }
-            )
     return out
 
 
