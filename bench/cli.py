@@ -38,6 +38,16 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -100,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
     mrg = sub.add_parser("merge", help="merge the run directories of a suite's shards into one run directory")
     mrg.add_argument("shard_dirs", nargs="+", type=Path, help="the run directories of shards 1/N .. N/N")
     mrg.add_argument("--out", type=Path, required=True, help="the merged run directory (must not exist yet)")
+
+    pub = sub.add_parser("publish", help="add run directories to a static site of reports and trends")
+    pub.add_argument("run_dirs", nargs="+", type=Path, help="the run directories to add (published ones are kept)")
+    pub.add_argument("--site", type=Path, required=True, help="the site's folder (created when missing)")
+    pub.add_argument("--keep", type=_positive_int, metavar="N", help="keep the newest N runs, delete older reports")
 
     sub.add_parser("env", help="print the environment fingerprint")
     return parser
@@ -236,6 +251,20 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return print_outcome(meta, args.out, f"merged {len(meta['shards'])} shards into {args.out}", args.out / REPORT_FILE)
 
 
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from bench.publish import publish
+
+    result = publish(args.run_dirs, args.site, keep=args.keep)
+    for run in result.added:
+        print(f"published {run}")
+    for run in result.already:
+        print(f"already published: {run}")
+    for run in result.removed:
+        print(f"removed (--keep {args.keep}): {run}")
+    print(f"site: {result.site / 'index.html'} ({result.runs} runs)")
+    return 0
+
+
 def _cmd_env(args: argparse.Namespace) -> int:
     from bench.env import environment
 
@@ -250,6 +279,7 @@ COMMANDS: dict[str, Any] = {
     "compare": _cmd_compare,
     "crosscheck": _cmd_crosscheck,
     "merge": _cmd_merge,
+    "publish": _cmd_publish,
     "env": _cmd_env,
 }
 
