@@ -31,9 +31,10 @@ from bench import jsonl
 from bench.errors import BenchInputError
 from bench.evidence import CORRECTNESS_FILE, TIMINGS_FILE, Correctness, Timings
 from bench.record import CellRecord, read_records
+from bench.rundir import read_run_meta
 from bench.stats import ALPHA, LATENCY_ALPHA, paired_accuracy, slower_p
 
-RUN_FILE, CELLS_FILE = "run.json", "cells.jsonl"
+CELLS_FILE = "cells.jsonl"
 AXES = ("dataset", "model", "recipe", "compression", "runtime", "attack")
 
 # Row statuses, most severe first: the order of every table.
@@ -103,15 +104,7 @@ class RunEvidence:
 def load_evidence(run_dir: str | Path) -> RunEvidence:
     """A run directory for comparison; BenchInputError (exit 2) when it is not one."""
     run_dir = Path(run_dir)
-    if not (run_dir / RUN_FILE).is_file():
-        raise BenchInputError(f"not a run directory (no {RUN_FILE})", file=str(run_dir))
-    try:
-        meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BenchInputError(f"unreadable {RUN_FILE}: {exc}", file=str(run_dir)) from None
-    if not isinstance(meta, dict):
-        raise BenchInputError(f"{RUN_FILE} is not a JSON object", file=str(run_dir))
-    return RunEvidence.from_parts(run_dir, meta, read_records(run_dir / CELLS_FILE))
+    return RunEvidence.from_parts(run_dir, read_run_meta(run_dir), read_records(run_dir / CELLS_FILE))
 
 
 def _read_timings(run_dir: Path) -> dict[str, Timings]:

@@ -32,6 +32,7 @@ import jinja2
 from markupsafe import Markup
 
 from bench.errors import BenchInputError
+from bench.rundir import RUN_FILE, read_run_meta
 
 SITE_FILE = "site.json"
 SITE_FORMAT = "bench-site"
@@ -40,7 +41,7 @@ PLOTLY_ASSET = "assets/plotly.min.js"
 RUNS_DIR = "runs"
 REPORT_FILE = "report.html"
 EVIDENCE_DIR = "evidence"
-RUN_FILE, CELLS_FILE = "run.json", "cells.jsonl"
+CELLS_FILE = "cells.jsonl"
 EVIDENCE_FILES = (RUN_FILE, CELLS_FILE, "timings.jsonl", "correctness.jsonl")
 MAX_TRACES = 40  # cells drawn per trends chart (regressed cells first); the table lists every cell
 TREND_RUNS = 30  # the newest runs of a suite on the trends page (the site may keep more reports)
@@ -61,18 +62,6 @@ class PublishResult:
 
 
 # -- inputs -------------------------------------------------------------------------------------------------------
-
-
-def _read_meta(run_dir: Path) -> dict[str, Any]:
-    if not run_dir.is_dir() or not (run_dir / RUN_FILE).is_file():
-        raise BenchInputError(f"not a run directory (no {RUN_FILE})", file=str(run_dir))
-    try:
-        meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BenchInputError(f"unreadable {RUN_FILE}: {exc}", file=str(run_dir)) from None
-    if not isinstance(meta, dict):
-        raise BenchInputError(f"{RUN_FILE} is not a JSON object", file=str(run_dir))
-    return meta
 
 
 def _empty_manifest() -> dict[str, Any]:
@@ -252,7 +241,7 @@ def publish(run_dirs: list[Path], site: Path, keep: int | None = None) -> Publis
     if keep is not None and keep < 1:
         raise BenchInputError(f"must be at least 1, got {keep}", field="--keep")
     manifest = load_site(site)
-    metas = [(Path(d), _read_meta(Path(d))) for d in run_dirs]  # every input checked before anything is written
+    metas = [(Path(d), read_run_meta(Path(d))) for d in run_dirs]  # every input checked before anything is written
 
     runs = {entry["id"]: entry for entry in manifest["runs"]}
     new: list[tuple[dict[str, Any], Path, list[Any]]] = []
@@ -277,7 +266,7 @@ def publish(run_dirs: list[Path], site: Path, keep: int | None = None) -> Publis
             key=_sort_key,
             default=None,
         )
-        candidate = RunEvidence.from_parts(run_dir, _read_meta(run_dir), records)
+        candidate = RunEvidence.from_parts(run_dir, read_run_meta(run_dir), records)
         evidence[entry["id"]] = candidate
         if previous is not None:
             entry["compared_with"] = previous["id"]

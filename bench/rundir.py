@@ -21,6 +21,20 @@ RUN_FILE = "run.json"
 NOT_MEASURED = ("file", "description", "gate", "limits")  # suite keys that do not change a cell's numbers
 
 
+def read_run_meta(run_dir: Path) -> dict[str, Any]:
+    """A run directory's run.json; BenchInputError (exit 2) naming the directory when it is not a run directory."""
+    run_file = Path(run_dir) / RUN_FILE
+    if not run_file.is_file():
+        raise BenchInputError(f"not a run directory (no {RUN_FILE})", file=str(run_dir))
+    try:
+        meta = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BenchInputError(f"unreadable {RUN_FILE}: {exc}", file=str(run_dir)) from None
+    if not isinstance(meta, dict):
+        raise BenchInputError(f"{RUN_FILE} is not a JSON object", file=str(run_dir))
+    return meta
+
+
 def provenance(resolved_suite: dict[str, Any], model_files: dict[str, dict[str, str]]) -> dict[str, Any]:
     """What a run's records depend on, JSON-ready (tuples become lists, as they will be in run.json)."""
     suite = {k: v for k, v in resolved_suite.items() if k not in NOT_MEASURED}
