@@ -1,7 +1,10 @@
-"""pytest integration: `pytest --benchmark` runs the timing benchmarks (pytest-benchmark under the hood).
+"""What this repository's own tests need from pytest.
 
-Without `--benchmark`, tests marked `benchmark` are skipped so the default test run stays fast and free of
-timing assertions; tests marked `gpu` are skipped when no CUDA device is present.
+`--benchmark` itself is defined by the installed package's pytest plugin (bench/pytest_plugin.py, entry point
+`pytest11`): with it, the suite's cells run as pytest-benchmark benchmarks (docs/pytest.md), and this repository's
+harness-vs-reference benchmarks (tests/test_benchmarks.py, marked `benchmark`) run beside them. Without it, tests
+marked `benchmark` are skipped so the default test run stays fast and free of timing assertions; tests marked
+`gpu` are skipped when no CUDA device is present.
 """
 
 from __future__ import annotations
@@ -9,17 +12,8 @@ from __future__ import annotations
 import pytest
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--benchmark",
-        action="store_true",
-        default=False,
-        help="run the benchmarks (tests marked 'benchmark') with pytest-benchmark",
-    )
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    run_benchmarks = config.getoption("--benchmark")
+    run_benchmarks = config.getoption("benchmark", default=False)  # the plugin's option
     skip_bench = pytest.mark.skip(reason="benchmark: run with `pytest --benchmark`")
     cuda = None
     for item in items:
