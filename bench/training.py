@@ -133,7 +133,8 @@ def _train_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
     was_training = model.training
     model.eval()
     try:
-        logits = model(x[:HISTORY_SAMPLES])
+        with torch.no_grad():
+            logits = model(x[:HISTORY_SAMPLES])
     finally:
         model.train(was_training)
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:

@@ -250,7 +250,7 @@ def test_a_failing_latency_gate_exits_1_and_is_printed(
     assert gate["verdict"] == "fail" and gate["limit"] == 1e-6 and gate["value"] > 1e-6
     assert (gate["batch"], gate["percentile"], gate["source"]) == (1, "p50", "gate")
     html = (run_dir / "report.html").read_text()
-    assert html.index("2 gates failed") < html.index("<h2>Environment</h2>")  # near the top
+    assert html.index("2 failed gates") < html.index("<h2>Environment</h2>")  # near the top
 
 
 def test_a_passing_suite_exits_0_and_records_each_gate(

@@ -14,7 +14,11 @@ SUITE = {
     "name": "robust",
     "seed": 0,
     "dataset": {"name": "digits", "eval_size": 100, "calibration_size": 32},
-    "models": [{"name": "simple_cnn", "width": 8, "hidden": 32}, "tests.conftest:rounded_net"],
+    # the rounding model normalises as the built-in ones do (user models get raw pixels unless they ask)
+    "models": [
+        {"name": "simple_cnn", "width": 8, "hidden": 32},
+        {"name": "tests.conftest:rounded_net", "normalize": True},
+    ],
     "recipes": [{"name": "standard", "epochs": 5}],
     "compressions": ["none", "int8"],
     "runtimes": ["eager", {"name": "onnxruntime", "exporter": "torchscript"}],
