@@ -27,9 +27,12 @@ SLOWER, FASTER, UNCLEAR = "does not pay off", "faster", "no clear change"
 def read_samples(measure_dir: Path) -> dict[str, list[float]]:
     """A measure stage's raw call times per batch size, every process's pooled."""
     raw = json.loads((measure_dir / "samples.json").read_text())
-    return {
-        b: [float(t) for t in np.ravel(np.array(v, dtype=object).tolist()) if t is not None] for b, v in raw.items()
-    }
+    # one list per process (processes may time different numbers of calls), or one flat list in older entries
+    return {b: [float(t) for t in _flat(v) if t is not None] for b, v in raw.items()}
+
+
+def _flat(values: list) -> list:
+    return [t for item in values for t in (item if isinstance(item, list) else [item])]
 
 
 def latency_payoff(

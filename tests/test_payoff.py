@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.payoff import FASTER, SLOWER, UNCLEAR, latency_payoff
+from bench.payoff import FASTER, SLOWER, UNCLEAR, latency_payoff, read_samples
 from bench.record import CellRecord
 from bench.report.grids import payoff_text
 from bench.summary import summary_table
@@ -60,3 +60,8 @@ def test_every_compressed_cell_is_compared_with_its_uncompressed_twin_on_the_sam
         assert pruned["payoff"]["verdict"] in (SLOWER, FASTER, UNCLEAR)
         assert set(pruned["payoff"]["ratio"]) == {"1", "8"}
         assert records[f"mlp/standard/none/{runtime}/none"]["payoff"] is None
+
+
+def test_samples_of_processes_with_different_call_counts_are_pooled(tmp_path):
+    (tmp_path / "samples.json").write_text('{"1": [[1.0, 2.0, 3.0], [4.0, 5.0]], "8": [6.0, 7.0]}')
+    assert read_samples(tmp_path) == {"1": [1.0, 2.0, 3.0, 4.0, 5.0], "8": [6.0, 7.0]}

@@ -98,6 +98,7 @@ def test_adversarial_training_does_more_work_than_standard(data):
     def samples_forwarded(name: str) -> int:
         entry, seen = RECIPES.get(name), [0]
         model = _model(small)
+
         def count(module: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
             if torch.is_grad_enabled():  # the per-epoch history's accuracy pass (no_grad) is not training work
                 seen[0] += len(args[0])
