@@ -207,7 +207,7 @@ def _latency(worker_latency: dict[str, dict[str, Any]]) -> dict[str, LatencyStat
 def _payoff(stages: CellStages) -> Payoff | None:
     if stages.uncompressed is None:
         return None
-    from bench.payoff import latency_payoff, read_samples
+    from bench.payoff import artifact_payoff
 
     cell_id, measured = stages.uncompressed
-    return latency_payoff(read_samples(stages.measured.path), read_samples(measured.path), cell_id)
+    return artifact_payoff(stages.measured.path, measured.path, cell_id)

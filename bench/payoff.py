@@ -11,6 +11,8 @@ faster by more than the threshold at every batch size, with the same support; ot
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,17 @@ def latency_payoff(
         p_value={b: float(f"{reported[b]:.3g}") for b in ratios},
         slower_batches=[int(b) for b in slower] or None,
     )
+
+
+def artifact_payoff(measure_dir: Path, baseline_dir: Path, baseline_cell: str) -> Payoff:
+    """The verdict of one measured artifact against its uncompressed twin's measurement (two measure stage
+    folders); computed once per pair, since every attack's cell of an artifact shares it."""
+    return dataclasses.replace(_artifact_payoff(measure_dir, baseline_dir, baseline_cell))
+
+
+@functools.lru_cache(maxsize=256)
+def _artifact_payoff(measure_dir: Path, baseline_dir: Path, baseline_cell: str) -> Payoff:
+    return latency_payoff(read_samples(measure_dir), read_samples(baseline_dir), baseline_cell)
 
 
 def payoff_line(cell_id: Any, payoff: Payoff) -> str:

@@ -180,14 +180,14 @@ def _check_model(suite: Suite, name: str, config: Any, data: DataSplits, field: 
 def _on_meta(name: str, config: Any, data: DataSplits, x: torch.Tensor) -> tuple[torch.nn.Module, Any] | None:
     """(model, output) of the model built and run on the meta device, without its checkpoint; None when either
     fails (the real build and forward pass then say why, or pass)."""
-    from bench.models import build_model
-
-    try:
-        with torch.device("meta"), torch.no_grad():
-            net = build_model(name, _without_checkpoint(config), data.num_classes, data.in_shape, data.mean, data.std)
+    with torch.device("meta"), torch.no_grad():
+        net = _build_bare(name, config, data)
+        if net is None:
+            return None
+        try:
             return net, net(x.to("meta"))
-    except Exception:
-        return None
+        except Exception:
+            return None
 
 
 def _memory_bytes() -> int | None:

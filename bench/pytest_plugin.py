@@ -14,7 +14,6 @@ with pytest-benchmark's own `benchmark` fixture, and fails the item on any faile
 from __future__ import annotations
 
 import math
-import os
 import types
 from pathlib import Path
 from typing import Any
@@ -89,14 +88,6 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     items.extend(session.genitems(suite_file))
 
 
-def _device(requested: str) -> str:
-    if requested == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
-
-
 class SuiteFile(pytest.Module):
     """The suite file as a test module: its one test function, `test_cell`, is parametrized by cell id."""
 
@@ -116,13 +107,14 @@ class SuiteFile(pytest.Module):
     def collect(self) -> Any:
         from bench.errors import BenchInputError
         from bench.matrix import build_cells
+        from bench.runner import resolve_device
         from bench.suite import load_suite
 
         if not self.path.is_file():
             raise self.CollectError(f"--benchmark: suite file {self.path} not found (set --suite or ini bench_suite)")
         try:
             self.suite = load_suite(self.path)
-            self.cells = build_cells(self.suite, _device(self.suite.device))
+            self.cells = build_cells(self.suite, resolve_device(self.suite.device))
         except BenchInputError as exc:
             raise self.CollectError(f"bench: {exc}") from None
         return super().collect()
@@ -148,18 +140,15 @@ class CellRunner:
     model at a time, their artifacts measured together) and keeps each cell's record and stages."""
 
     def __init__(self, suite: Any, cells: list[Any], selected: set[str], cache_dir: Path, work_dir: Path) -> None:
-        import torch
-
         from bench.cache import StageCache
         from bench.env import environment
         from bench.pipeline import Pipeline
         from bench.preflight import check_suite
-        from bench.runner import EvidenceWriter, resolve_device
+        from bench.runner import EvidenceWriter, pin_threads, resolve_device
 
         self.suite = suite
         self.device = resolve_device(suite.device)
-        self.threads = suite.measurement.threads or os.cpu_count() or 1
-        torch.set_num_threads(self.threads)
+        self.threads = pin_threads(suite)
         self.environment = environment()
         self.cells = {c.cell_id: c for c in cells}
         self.selected = selected
@@ -173,14 +162,13 @@ class CellRunner:
     def record(self, cell_id: str) -> Any:
         """The cell's record (bench.record.CellRecord), running its group's selected cells if not done yet."""
         if cell_id not in self.records:
-            from bench.runner import run_group
+            from bench.runner import group_key, run_group
 
-            cell = self.cells[cell_id]
-            key = (cell.dataset.label, cell.model.label, cell.recipe.label)
+            key = group_key(self.cells[cell_id])
             group = [
                 c
                 for c in self.cells.values()
-                if (c.dataset.label, c.model.label, c.recipe.label) == key
+                if group_key(c) == key
                 and (c.cell_id in self.selected or c.cell_id == cell_id)
                 and c.cell_id not in self.records
             ]

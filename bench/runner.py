@@ -99,8 +99,21 @@ def groups_of(cells: list[Cell]) -> list[list[Cell]]:
     measured together, interleaved."""
     groups: dict[tuple[str, str, str], list[Cell]] = {}
     for cell in cells:
-        groups.setdefault((cell.dataset.label, cell.model.label, cell.recipe.label), []).append(cell)
+        groups.setdefault(group_key(cell), []).append(cell)
     return list(groups.values())
+
+
+def group_key(cell: Cell) -> tuple[str, str, str]:
+    """What the cells of one group share: the trained model's dataset, model and recipe."""
+    return cell.dataset.label, cell.model.label, cell.recipe.label
+
+
+def pin_threads(suite: Suite) -> int:
+    """Pin torch's threads to the suite's `measurement.threads` (default: every core), for training, evaluation and
+    measurement alike; returns the count, which the records and the measure stage's key hold."""
+    threads = suite.measurement.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
 
 
 class CellTimeout(Exception):
@@ -146,8 +159,7 @@ def run_suite(
         raise BenchInputError(
             f"{run_dir} already holds a run; pass --resume to finish it or choose another --out", field="--out"
         )
-    threads = suite.measurement.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)  # pinned for training, evaluation and measurement alike; recorded below
+    threads = pin_threads(suite)
     env = environment()
     all_cells = build_cells(suite, device)
     cells = select_shard(all_cells, shard)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import ConfigError
+from bench.filehash import file_sha256
 
 # The directory of the suite being parsed: where `package.module` is looked for when it is not installed.
 _search_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar("bench_user_search_dir", default=None)
@@ -141,8 +142,8 @@ def source_sha256(obj: Any) -> str | None:
             files.add(path)
     digest = hashlib.sha256()
     for path in sorted(files):
-        digest.update(f"{path.relative_to(root)}\0".encode())
-        digest.update(path.read_bytes())
+        # each file's own hash, memoised by size and mtime: a suite's every cell asks for this, a file is read once
+        digest.update(f"{path.relative_to(root)}\0{file_sha256(path)}\0".encode())
     return digest.hexdigest()
 
 

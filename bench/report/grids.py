@@ -99,6 +99,17 @@ def _ms(value: float) -> str:
 COST_TITLE = "training + compression seconds (the build: what the trade-off charges a variant)"
 EVAL_TITLE = "export + latency measurement + attack + evaluation seconds (what benchmarking it cost)"
 
+# Columns the cell table and the variant table share, defined once so that both say the same thing.
+P50_MAX_COL = col("p50 max batch (ms)", "msb", "median latency at the largest measured batch (@batch)")
+SIZE_COL = col("size", "bytes", "model size on disk")
+MEMORY_COLS = [
+    col("peak mem (MB)", "f1", "peak RSS of the measuring process"),
+    col("model mem (MB)", "f1", "peak RSS over the same runtime loaded with no model: the model's share"),
+]
+COUNT_COLS = [col("params", "compact"), col("MACs", "compact")]
+BUILD_COST_COL = col("train+compress (s)", "f1", COST_TITLE)
+PAYOFF_COL = col("vs uncompressed", "verdict", "latency against the uncompressed model on the same runtime")
+
 
 def cell_grid(runs: list[Run], tags: list[str]) -> Grid:
     """Every cell, one row each: the full results."""
@@ -111,17 +122,15 @@ def cell_grid(runs: list[Run], tags: list[str]) -> Grid:
         col("robust acc", "pct"),
         col("threat model"),
         col("p50 b1 (ms)", "ms", "median latency at batch 1; * from too few samples"),
-        col("p50 max batch (ms)", "msb", "median latency at the largest measured batch (@batch)"),
+        P50_MAX_COL,
         col("throughput (samples/s)", "compact"),
-        col("peak mem (MB)", "f1", "peak RSS of the measuring process"),
-        col("model mem (MB)", "f1", "peak RSS over the same runtime loaded with no model: the model's share"),
-        col("size", "bytes", "model size on disk"),
-        col("params", "compact"),
-        col("MACs", "compact"),
-        col("train+compress (s)", "f1", COST_TITLE),
+        *MEMORY_COLS,
+        SIZE_COL,
+        *COUNT_COLS,
+        BUILD_COST_COL,
         col("export+measure+eval (s)", "f1", EVAL_TITLE),
         col("budget", "verdict", "accuracy budget against the uncompressed eager baseline"),
-        col("vs uncompressed", "verdict", "latency against the uncompressed model on the same runtime"),
+        PAYOFF_COL,
         col("reason / error"),
     ]
     rows = []
@@ -174,20 +183,18 @@ def variant_grid(all_variants: list[Variant], multi: bool) -> Grid:
     columns += [
         col("acc drop (pts)", "f1", "clean accuracy of the uncompressed eager baseline minus this one's, in points"),
         col("p50 b1 (ms)", "ms", "median latency at batch 1"),
-        col("p50 max batch (ms)", "msb", "median latency at the largest measured batch (@batch)"),
+        P50_MAX_COL,
         col("speed-up vs uncompressed", "ratio", "p50 at batch 1 of the uncompressed model on this runtime / this"),
         col("speed-up vs eager", "ratio", "p50 at batch 1 of the uncompressed model on eager / this"),
-        col("size", "bytes", "model size on disk"),
+        SIZE_COL,
         col("size vs uncompressed", "ratio", "this size / the uncompressed model's on this runtime"),
         col("size vs eager", "ratio", "this size / the uncompressed eager model's"),
-        col("peak mem (MB)", "f1", "peak RSS of the measuring process"),
-        col("model mem (MB)", "f1", "peak RSS over the same runtime loaded with no model: the model's share"),
-        col("params", "compact"),
-        col("MACs", "compact"),
-        col("train+compress (s)", "f1", COST_TITLE),
+        *MEMORY_COLS,
+        *COUNT_COLS,
+        BUILD_COST_COL,
         col("budget", "verdict", "accuracy budget against the uncompressed eager baseline, over the variant's cells"),
         col("gates", "verdict"),
-        col("vs uncompressed", "verdict", "latency against the uncompressed model on the same runtime"),
+        PAYOFF_COL,
     ]
     rows, classes = [], []
     for v in all_variants:
