@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,28 @@ def fake_run(run_dir: Path, n_cells: int, *, seed: int = 0, meta: dict[str, Any]
     run_meta = {"name": run_dir.name, "status": "complete", "seed": seed, "environment": {"python": "3.11"}}
     (run_dir / "run.json").write_text(json.dumps(run_meta | (meta or {})), encoding="utf-8")
     return run_dir
+
+
+# -- reading a rendered report back ---------------------------------------------------------------------------------
+
+
+def report_figures(html: str) -> dict[str, dict[str, Any]]:
+    """The report's Plotly figures, by chart id: the JSON the page draws when a chart scrolls into view."""
+    found = re.findall(r'<script type="application/json" id="fig-(chart-[\w-]+)">(.*?)</script>', html, re.S)
+    for chart_id, _ in found:
+        assert f'<div id="{chart_id}" class="chart" data-fig="fig-{chart_id}">' in html, chart_id
+    return {chart_id: json.loads(text) for chart_id, text in found}
+
+
+def report_grid(html: str, name: str) -> dict[str, Any]:
+    """One of the report's grids (cells, variants, breakeven, comparison): the JSON its script pages and sorts."""
+    match = re.search(rf'<script type="application/json" id="grid-{name}">(.*?)</script>', html, re.S)
+    assert match is not None, name
+    return json.loads(match.group(1))
+
+
+def plotly_source(html: str) -> str | None:
+    """Where the report loads plotly.js from when it draws its first chart; None when it is inlined."""
+    (tag,) = re.findall(r'<script type="text/x-plotly" id="plotly-lib"[^>]*>', html)
+    found = re.search(r'data-src="([^"]+)"', tag)
+    return None if found is None else found.group(1)

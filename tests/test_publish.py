@@ -20,6 +20,7 @@ from bench import jsonl
 from bench.evidence import pack_bits, unpack_bits
 from bench.publish import PLOTLY_ASSET, SITE_FILE
 from tests.conftest import run_cli, run_suite, tiny_suite
+from tests.report_fixtures import plotly_source
 
 DAYS = ("2026-03-01T02:17:00+00:00", "2026-03-02T02:17:00+00:00", "2026-03-03T02:17:00+00:00")
 PLANTED = "mlp/standard/none/eager/none"  # the cell whose clean accuracy drops in the third run
@@ -124,7 +125,7 @@ def test_publish_three_runs_one_at_a_time(three_runs: list[Path], tmp_path: Path
     assert len(suite["runs"]) == 3 and {c["id"] for c in suite["cells"]} == set(first["cells"])
     regressed = {c["id"]: c["regressed"] for c in suite["cells"] if c["regressed"]}
     assert list(regressed) == [PLANTED] and regressed[PLANTED][0][0] == 2  # marked at the third run
-    assert 'src="assets/plotly.min.js"' in trends
+    assert '<script type="text/x-plotly" id="plotly-lib" data-src="assets/plotly.min.js">' in trends
 
     # one plotly.js in the whole site, referenced relatively by every report
     scripts = [p for p in site.rglob("*.js")]
@@ -132,7 +133,8 @@ def test_publish_three_runs_one_at_a_time(three_runs: list[Path], tmp_path: Path
     for run in ids:
         report = site / "runs" / run / "report.html"
         html = report.read_text()
-        (src,) = re.findall(r'<script src="([^"]+)"', html)
+        src = plotly_source(html)
+        assert src is not None
         assert not src.startswith(("/", "http:", "https:", "file:")), src
         assert (report.parent / src).resolve() == (site / PLOTLY_ASSET).resolve()
         assert report.stat().st_size < 1_000_000, "plotly.js is not inlined into a published report"

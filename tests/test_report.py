@@ -12,6 +12,7 @@ import pytest
 from plotly.offline import get_plotlyjs
 
 from bench.report import render_report
+from tests.report_fixtures import plotly_source, report_figures, report_grid
 
 MODELS = ("simple_cnn", "tiny_mlp")
 COMPRESSIONS = ({"name": "prune", "ratio": 0.5}, {"name": "quantize", "bits": 8})
@@ -94,8 +95,8 @@ def _full_cells() -> list[dict[str, Any]]:
 
 
 def _new_plots(html: str) -> int:
-    # Counted outside the embedded library, in case plotly.js itself ever mentions the call.
-    return html.count("Plotly.newPlot(") - get_plotlyjs().count("Plotly.newPlot(")
+    """The number of figures the page draws (each when it scrolls into view)."""
+    return len(report_figures(html))
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def test_self_contained(report: str) -> None:
     banner = re.search(r"plotly\.js v\d+\.\d+\.\d+", get_plotlyjs())
     assert banner is not None
     assert report.count(banner.group(0)) == 1
-    assert "<script src=" not in report.lower()
+    assert "<script src=" not in report.lower() and plotly_source(report) is None
     assert "<link " not in report.lower()
     assert "<title>default — bench report</title>" in report
 
@@ -168,9 +169,21 @@ def test_baseline_comparison(tmp_path: Path) -> None:
         append_correctness(run_dir, Correctness(cells[1]["cell_id"], "sha", np.array(flags), None))
     html = render_report([run], tmp_path / "report.html", baseline=base).read_text(encoding="utf-8")
     assert "Comparison with baseline baseline" in html
-    assert f"{(cells[0]['clean_accuracy'] - 0.80) * 100:+.1f} pts better" in html
-    assert "-7.0 pts p&lt;0.001 regression" in html
-    assert 'class="num worse"' in html
+    # a grid like the cell table's (paged, sorted and filtered by the page's script): text as shown, raw sort values
+    grid = report_grid(html, "comparison")
+    labels = [c["label"] for c in grid["columns"]]
+    assert labels[:2] == ["status", "cell"] and labels[-1] == "details"
+    rows = {r[1]: dict(zip(labels, r, strict=True)) for r in grid["rows"]}
+    assert set(rows) == {c["cell_id"] for c in cells}
+    better, worse = rows[cells[0]["cell_id"]], rows[cells[1]["cell_id"]]
+    assert better["clean acc"]["t"] == f"{(cells[0]['clean_accuracy'] - 0.80) * 100:+.1f} pts better"
+    assert better["clean acc"]["c"] == "num better"
+    assert worse["clean acc"]["t"] == "-7.0 pts p<0.001 regression" and worse["clean acc"]["c"] == "num worse"
+    assert worse["clean acc"]["v"] == pytest.approx(-7.0, abs=0.05)
+    assert worse["status"]["t"] == "regression" and worse["status"]["c"] == "status failed"
+    # regressions first, and their rows marked
+    assert grid["rows"][0][1] == cells[1]["cell_id"] and grid["classes"][0] == "failed"
+    assert grid["classes"].count("failed") == 1
 
 
 def test_several_runs_get_a_run_column(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from bench.report.charts import pct_axis, tick_labels
 from bench.report.views import break_even
 from bench.training import OptimConfig, fit
 from tests.conftest import run_suite_for_module, tiny_suite
-from tests.report_fixtures import fake_run
+from tests.report_fixtures import fake_run, plotly_source, report_figures, report_grid
 
 MASKING = "possible gradient masking: query attack beats gradient attacks"
 CAUSE = "export: RuntimeError: unsupported operator aten::frobnicate"
@@ -87,9 +87,7 @@ def fab(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _grid(html: str, name: str) -> dict[str, Any]:
-    match = re.search(rf'<script type="application/json" id="grid-{name}">(.*?)</script>', html, re.S)
-    assert match is not None, name
-    return json.loads(match.group(1))
+    return report_grid(html, name)
 
 
 def _top(html: str) -> str:
@@ -177,9 +175,7 @@ def test_tick_labels_never_repeat(fab: str) -> None:
         labels = tick_labels(pct_axis(values, "acc"))
         assert len(labels) >= 2 and len(set(labels)) == len(labels), (values, labels)
     # on the figure itself: the size-accuracy chart's y axis
-    end = fab.index('Plotly.newPlot("chart-size-accuracy"')
-    start = fab.rindex("var fig = ", 0, end) + len("var fig = ")
-    axis = json.loads(fab[start:end].strip().rstrip(";"))["layout"]["yaxis"]
+    axis = report_figures(fab)["chart-size-accuracy"]["layout"]["yaxis"]
     labels = tick_labels(axis)
     assert len(labels) >= 2 and len(set(labels)) == len(labels)
 
@@ -189,8 +185,8 @@ def test_plotly_src(tmp_path: Path) -> None:
     html = render_report([run], tmp_path / "r.html", plotly_src="../plotly.min.js").read_text(encoding="utf-8")
     banner = re.search(r"plotly\.js v\d+\.\d+\.\d+", get_plotlyjs())
     assert banner is not None and banner.group(0) not in html
-    assert html.count('<script src="../plotly.min.js"></script>') == 1
-    assert len(html) < 1_000_000 and "Plotly.newPlot(" in html
+    assert plotly_source(html) == "../plotly.min.js" and html.count("../plotly.min.js") == 1
+    assert len(html) < 1_000_000 and report_figures(html)
 
 
 def test_ten_thousand_cells_under_8_mb(tmp_path: Path) -> None:
@@ -229,4 +225,121 @@ def test_real_run(real: tuple[Path, str]) -> None:
     assert len(_grid(html, "cells")["rows"]) == len(records)
     assert "<strong>mlp</strong>" in _headline(html)
     for chart in ("chart-robust-latency", "chart-size-accuracy", "chart-speedup", "chart-training"):
-        assert f'Plotly.newPlot("{chart}"' in html
+        assert chart in report_figures(html)
+
+
+# -- federated recipes: bytes per client and round, loss and accuracy per round --------------------------------------
+
+
+def _fedavg(data: Any, **params: Any) -> tuple[nn.Module, Any]:
+    from bench.config import parse_config
+    from bench.models import MODELS, build_model
+    from bench.recipes import RECIPES
+
+    torch.manual_seed(0)
+    cfg = parse_config(MODELS.get("simple_cnn").config_cls, {"width": 8, "hidden": 32})
+    model = build_model("simple_cnn", cfg, data.num_classes, data.in_shape, data.mean, data.std)
+    entry = RECIPES.get("fedavg")
+    fed = {"optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0, "rounds": 3, "clients": 3} | params
+    cost = entry.obj(model, data, parse_config(entry.config_cls, fed), seed=0, device="cpu")
+    return model.eval(), cost
+
+
+@pytest.fixture(scope="module")
+def digits() -> Any:
+    import dataclasses
+
+    from bench.datasets import load_dataset
+
+    data = load_dataset("digits", None, 0)
+    return dataclasses.replace(data, x_train=data.x_train[:600], y_train=data.y_train[:600])
+
+
+def test_fedavg_records_bytes_and_accuracy_per_round(digits: Any) -> None:
+    from bench.recipes.federated import ROUND_EVAL_SAMPLES, held_out_accuracy
+
+    model, cost = _fedavg(digits, update_compression="topk", topk_ratio=0.1, batch_size=32, local_epochs=2)
+    extra = cost.extra
+    # bytes: [round][client], summing to the per-client totals; top-k sends the same on every round
+    sent, received = extra["round_bytes_sent"], extra["round_bytes_received"]
+    assert len(sent) == len(received) == 3 and all(len(r) == 3 for r in sent + received)
+    assert [sum(r[k] for r in sent) for k in range(3)] == extra["bytes_sent"]
+    assert [sum(r[k] for r in received) for k in range(3)] == extra["bytes_received"]
+    assert all(r == [extra["dense_update_bytes"]] * 3 for r in received)  # the dense global model, every round
+    assert all(0 < b < extra["dense_update_bytes"] for r in sent for b in r) and sent[0] == sent[-1]
+    # accuracy of the global model after each round, on the calibration split: the last one is the final model's
+    accuracy = extra["round_accuracy"]
+    n = min(len(digits.y_calib), ROUND_EVAL_SAMPLES)
+    assert len(accuracy) == 3 and extra["round_accuracy_samples"] == n > 0
+    assert all(a is not None and a * n == pytest.approx(round(a * n), abs=0.01) for a in accuracy)
+    final = held_out_accuracy(model, digits.x_calib, digits.y_calib, "cpu")
+    assert final is not None and accuracy[-1] == round(final, 4)
+    assert accuracy[-1] > 0.3 and accuracy[-1] > accuracy[0]  # it learns (chance is 0.1)
+
+
+def test_fedavg_round_evaluation_changes_no_weight(digits: Any) -> None:
+    """Scoring the global model after each round neither changes the weights nor the random streams."""
+    import dataclasses
+
+    no_calib = dataclasses.replace(digits, x_calib=digits.x_calib[:0], y_calib=digits.y_calib[:0])
+    scored, cost = _fedavg(digits, rounds=2, clients=2)
+    unscored, bare = _fedavg(no_calib, rounds=2, clients=2)
+    assert bare.extra["round_accuracy"] == [None, None] and bare.extra["round_accuracy_samples"] == 0
+    assert all(a is not None for a in cost.extra["round_accuracy"])
+    a, b = scored.state_dict(), unscored.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert cost.extra["round_loss"] == bare.extra["round_loss"]
+
+
+def test_fedavg_torchrun_records_the_same_rounds(digits: Any) -> None:
+    """The torchrun ranks carry the calibration split: rank 0 scores the global model as the simulation does."""
+    import dataclasses
+
+    small = dataclasses.replace(digits, x_train=digits.x_train[:200], y_train=digits.y_train[:200])
+    params = {"rounds": 2, "clients": 2, "update_compression": "topk"}
+    _, sim = _fedavg(small, **params)
+    _, dist = _fedavg(small, **params, mode="torchrun")
+    assert dist.extra["processes"] == 2
+    for key in ("round_accuracy", "round_accuracy_samples", "round_bytes_sent", "round_bytes_received", "bytes_sent"):
+        assert sim.extra[key] == dist.extra[key], key
+    assert all(a is not None for a in dist.extra["round_accuracy"])
+
+
+def test_federated_chart(tmp_path: Path, digits: Any) -> None:
+    _, cost = _fedavg(digits, update_compression="int8")
+    extra = cost.extra
+    fed = _cell("none", "eager", "none", clean_accuracy=0.8, latency_ms={"1": {"p50": 1.0, "n": 100}})
+    fed["labels"]["recipe"] = "fedavg"
+    fed["cell_id"] = "/".join(fed["labels"].values())
+    fed["training"] = {"seconds": cost.seconds, "epochs": cost.epochs, "extra": extra}
+    old = json.loads(json.dumps(fed))  # a record from before the per-round figures: totals only
+    old["labels"]["model"] = "old"
+    old["cell_id"] = "/".join(old["labels"].values())
+    for key in ("round_bytes_sent", "round_bytes_received", "round_accuracy"):
+        del old["training"]["extra"][key]
+    html = render_report([_write(tmp_path / "run", [fed, old])], tmp_path / "r.html").read_text(encoding="utf-8")
+    fig = report_figures(html)["chart-federated"]
+    traces = {t["name"]: t for t in fig["data"]}
+    sent = traces["net · fedavg: sent"]
+    assert sent["x"] == ["client 0", "client 1", "client 2"]
+    assert sent["y"] == [b / 3 for b in extra["bytes_sent"]]  # a round's bytes (the same each round for int8)
+    assert all(text.startswith("r1 ") and text.count(", ") == 2 for text in sent["customdata"])
+    assert traces["net · fedavg: received"]["y"] == [extra["dense_update_bytes"]] * 3
+    assert traces["net · fedavg: loss"]["y"] == extra["round_loss"]
+    acc = traces["net · fedavg: accuracy"]
+    assert acc["x"] == [1, 2, 3] and acc["y"] == extra["round_accuracy"] and acc["yaxis"] == "y3"
+    assert fig["layout"]["yaxis3"]["tickformat"] == ".0%"
+    # the old record: bytes spread evenly over its rounds, no accuracy line
+    assert traces["old · fedavg: sent"]["y"] == sent["y"] and "old · fedavg: accuracy" not in traces
+
+
+def test_report_cli_plotly_src(tmp_path: Path) -> None:
+    from bench.cli import main
+
+    run = _write(tmp_path / "run", _fabricated())
+    out = tmp_path / "site" / "report.html"
+    assert main(["report", str(run), "-o", str(out), "--plotly-src", "../assets/plotly.min.js"]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert plotly_source(html) == "../assets/plotly.min.js" and len(html) < 1_000_000
+    assert main(["report", str(run), "-o", str(tmp_path / "inline.html")]) == 0
+    assert plotly_source((tmp_path / "inline.html").read_text(encoding="utf-8")) is None

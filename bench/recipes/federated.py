@@ -17,6 +17,10 @@ Update compression (uplink; the downlink, the dense global model, is counted as 
 `topk_ratio` largest-magnitude entries of each tensor (float32 values + int32 indices), `int8` quantises each
 tensor symmetrically (int8 values + one float32 scale). No error feedback: what compression drops is lost.
 
+After each round the global model's accuracy on the calibration split (held out from training and from the eval
+split; at most ROUND_EVAL_SAMPLES samples, one forward pass in eval mode that changes neither the weights nor the
+random streams) is recorded as `round_accuracy`, with the bytes each client sent and received in that round.
+
 Modes: `simulate` runs the clients in turn in this process; `torchrun` runs them on `processes` torch.distributed
 ranks (gloo; default one per client, rank r runs clients r, r + P, ...) and sums the weighted updates with
 all_reduce. Each client's training is seeded by (seed, round, client) alone, so both modes give the same weights.
@@ -46,6 +50,7 @@ from bench.types import DataSplits
 OPTIM_FIELDS = ("batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule")
 DIRICHLET_TRIES = 100
 INDEX_BYTES = 4  # a top-k index is sent as int32
+ROUND_EVAL_SAMPLES = 512  # calibration samples the global model is scored on after each round
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # sum over ranks (identity when simulating)
 
@@ -169,6 +174,23 @@ def compress_update(update: torch.Tensor, method: str, ratio: float) -> tuple[to
 # --- the rounds (shared by both modes) -----------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def held_out_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str) -> float | None:
+    """Accuracy of `model` on the first ROUND_EVAL_SAMPLES of (x, y) in eval mode, its training flag restored; None
+    without samples or class-index labels."""
+    if len(x) == 0 or y.ndim != 1 or y.dtype.is_floating_point:
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(x[:ROUND_EVAL_SAMPLES].to(device))
+    finally:
+        model.train(was_training)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        return None
+    return float((logits.argmax(1).cpu() == y[:ROUND_EVAL_SAMPLES].cpu()).float().mean())
+
+
 def _client_seed(seed: int, rnd: int, client: int) -> int:
     return int(np.random.SeedSequence([seed, rnd, client]).generate_state(1, np.uint64)[0] >> 1)
 
@@ -183,11 +205,13 @@ def run_rounds(
     device: str,
     my_clients: Sequence[int],
     reduce: Reduce,
+    evaluate: bool = True,
 ) -> dict[str, Any]:
     """Train `model` (the global model, in place) for `cfg.rounds` rounds, running the clients in `my_clients`.
 
     `reduce` sums a tensor over all ranks (identity in one process); every rank calls it the same number of times.
-    Returns per-client bytes sent / received and samples seen, and the weighted mean local loss of each round.
+    Returns per-client bytes sent / received (in total and per round) and samples seen, the weighted mean local
+    loss of each round and, where `evaluate`, the global model's accuracy on the calibration split after each round.
     """
     entry = RECIPES.get(cfg.local_recipe)
     local_cfg = cfg.local_config()
@@ -196,8 +220,11 @@ def run_rounds(
     dense_bytes = sum(v.numel() * v.element_size() for v in state.values())
     counts = [len(s) for s in shards]
     total = sum(counts)
-    sent, received, seen = ([0] * cfg.clients for _ in range(3))
+    # [round][client]: summed over rounds for the totals
+    sent, received = ([[0] * cfg.clients for _ in range(cfg.rounds)] for _ in range(2))
+    seen = [0] * cfg.clients
     round_loss: list[float] = []
+    round_accuracy: list[float | None] = []
     fork_devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
     start = time.perf_counter()
     for rnd in range(cfg.rounds):
@@ -222,8 +249,8 @@ def run_rounds(
                 else:  # integer buffers (BatchNorm's batch counter) travel as they are
                     decoded, nbytes = delta.to(torch.float32), delta.numel() * delta.element_size()
                 acc[key] += decoded * weight  # rounded product, then the sum: as all_reduce adds ranks
-                sent[k] += nbytes
-            received[k] += dense_bytes
+                sent[rnd][k] += nbytes
+            received[rnd][k] += dense_bytes
             seen[k] += cost.samples_seen
             if math.isfinite(cost.final_loss):
                 loss += weight * cost.final_loss
@@ -233,14 +260,20 @@ def run_rounds(
             state[key] = glob + step.to(glob.dtype) if glob.is_floating_point() else glob + step.round().to(glob.dtype)
         model.load_state_dict(state)
         round_loss.append(float(reduce(loss)))
+        if evaluate:
+            round_accuracy.append(held_out_accuracy(model, data.x_calib, data.y_calib, device))
     seconds = time.perf_counter() - start
-    stats = reduce(torch.tensor([sent, received, seen], dtype=torch.int64)).tolist()
+    round_sent, round_received = (reduce(torch.tensor(m, dtype=torch.int64)).tolist() for m in (sent, received))
+    seen = reduce(torch.tensor(seen, dtype=torch.int64)).tolist()
     model.eval()
     return {
-        "bytes_sent": stats[0],
-        "bytes_received": stats[1],
-        "samples_seen": stats[2],
+        "bytes_sent": [sum(column) for column in zip(*round_sent, strict=True)],
+        "bytes_received": [sum(column) for column in zip(*round_received, strict=True)],
+        "round_bytes_sent": round_sent,
+        "round_bytes_received": round_received,
+        "samples_seen": seen,
         "round_loss": round_loss,
+        "round_accuracy": round_accuracy,
         "dense_update_bytes": dense_bytes,
         "train_seconds": seconds,
     }
@@ -264,8 +297,8 @@ def fedavg_worker(spec: dict[str, Any]) -> None:
             name=blob["name"],
             x_train=x,
             y_train=y,
-            x_calib=x[:0],
-            y_calib=y[:0],
+            x_calib=blob["x_calib"],
+            y_calib=blob["y_calib"],
             x_eval=x[:0],
             y_eval=y[:0],
             num_classes=blob["num_classes"],
@@ -283,6 +316,7 @@ def fedavg_worker(spec: dict[str, Any]) -> None:
             device=str(device),
             my_clients=clients,
             reduce=_all_reduce,
+            evaluate=rank == 0,  # every rank holds the same global model; rank 0 writes the outputs
         )
         if rank == 0:
             write_outputs(spec, model, out)
@@ -294,6 +328,8 @@ def _torchrun_rounds(
     blob = {
         "x": data.x_train.cpu(),
         "y": data.y_train.cpu(),
+        "x_calib": data.x_calib[:ROUND_EVAL_SAMPLES].cpu(),
+        "y_calib": data.y_calib[:ROUND_EVAL_SAMPLES].cpu(),
         "shards": shards,
         "name": data.name,
         "num_classes": data.num_classes,
@@ -350,10 +386,15 @@ def fedavg(model: nn.Module, data: DataSplits, cfg: FedAvgConfig, *, seed: int, 
         "update_compression": cfg.update_compression,
         "bytes_sent": out["bytes_sent"],  # per client, summed over rounds (uplink: the compressed updates)
         "bytes_received": out["bytes_received"],  # per client, summed over rounds (downlink: the dense model)
+        "round_bytes_sent": out["round_bytes_sent"],  # [round][client]
+        "round_bytes_received": out["round_bytes_received"],  # [round][client]
         "bytes_sent_total": sum(out["bytes_sent"]),
         "dense_update_bytes": out["dense_update_bytes"],  # one uncompressed update
         "compression_ratio": sum(out["bytes_sent"]) / dense_total if dense_total else float("nan"),
         "round_loss": [round(v, 6) for v in out["round_loss"]],  # weighted mean of the clients' last local loss
+        # the global model after each round, on the calibration split (None without one)
+        "round_accuracy": [None if a is None else round(a, 4) for a in out["round_accuracy"]],
+        "round_accuracy_samples": min(len(data.y_calib), ROUND_EVAL_SAMPLES),
         "train_seconds": round(out["train_seconds"], 4),  # the rounds alone (rank 0's, under torchrun)
     }
     final = out["round_loss"][-1] if out["round_loss"] else float("nan")

@@ -1,6 +1,7 @@
 """A self-contained HTML report of one or more run directories.
 
-The page must open offline from file://, so plotly.js is inlined once and every chart is inline Plotly JSON.
+The page must open offline from file://, so plotly.js is inlined once (inert until a chart is drawn) and every chart
+is inline Plotly JSON, drawn when it scrolls into view.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def render_report(
         base = load_run(Path(baseline))
         comp_headers, comp_rows = tables.comparison(base, runs, tags)
         regressions = [r for r in comp_rows if r["status"] == "regression"]
-        comparison = {"name": base.name, "path": str(base.path), "headers": comp_headers, "rows": comp_rows}
+        comparison = {"name": base.name, "path": str(base.path), "rows": comp_rows}
+        comparison["grid"] = _grid_json(grids.comparison_grid(comp_headers, comp_rows))
         comparison["regressions"] = len(regressions)
     all_variants = views.variants(runs, tags)
     breakevens = views.break_evens(all_variants)

@@ -21,6 +21,9 @@ Point = tuple[str, CellRecord]
 MAX_CURVES = 60  # eps-sweep lines beyond which the chart is a tangle (and megabytes)
 MAX_BAR_GROUPS = 60  # beyond this a bar per variant is unreadable (the variant table has them all)
 SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "hexagon", "pentagon")
+# An accuracy axis on the right of a loss axis: 0-100% in steps of 20%, not ticks matched to the loss axis's
+# gridlines (which read 6%, 19%, 31%, ...).
+PCT_RIGHT_AXIS = dict(tickformat=".0%", range=[0, 1], tickmode="linear", tick0=0, dtick=0.2, showgrid=False)
 LAYOUT = dict(template="plotly_white", height=440, margin=dict(l=60, r=20, t=50, b=60), legend=dict(font_size=11))
 
 
@@ -343,13 +346,31 @@ def training_history(all_variants: list[Any]) -> go.Figure | None:
         title="Training: loss (solid) and training accuracy (dashed) per epoch",
         xaxis=dict(title="epoch", dtick=1),
         yaxis=dict(title="mean training loss"),
-        yaxis2=dict(title="training accuracy", overlaying="y", side="right", tickformat=".0%", range=[0, 1]),
+        yaxis2=dict(title="training accuracy", overlaying="y", side="right", **PCT_RIGHT_AXIS),
     )
     return fig
 
 
+def _per_round(extra: dict[str, Any], key: str) -> list[list[float]]:
+    """[client][round] bytes: `round_<key>` ([round][client]) as recorded, else the per-client total spread evenly
+    over the rounds (records from before the per-round figures)."""
+    rounds = extra.get(f"round_{key}")
+    if isinstance(rounds, list) and rounds and all(isinstance(r, list) for r in rounds):
+        return [list(column) for column in zip(*rounds, strict=False)]
+    n = max(int(extra.get("rounds") or 1), 1)
+    return [[b / n] * n for b in extra.get(key) or []]
+
+
+def _human_bytes(value: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.0f} B"
+
+
 def federated(all_variants: list[Any]) -> go.Figure | None:
-    """Federated recipes: bytes each client sent and received per round, and the loss per round."""
+    """Federated recipes: bytes each client sent and received per round, and per round the loss and the global
+    model's accuracy on the calibration split."""
     from plotly.subplots import make_subplots
 
     seen: dict[str, dict[str, Any]] = {}
@@ -359,16 +380,28 @@ def federated(all_variants: list[Any]) -> go.Figure | None:
             seen.setdefault(" · ".join(p for p in (v.tag, v.model, v.recipe) if p), extra)
     if not seen:
         return None
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("bytes per client and round", "loss per round"))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        specs=[[{}, {"secondary_y": True}]],
+        subplot_titles=("bytes per client and round", "per round: loss (solid), accuracy (dashed)"),
+    )
+    accuracy_axis = False
     for i, (name, extra) in enumerate(sorted(seen.items())):
-        rounds = max(int(extra.get("rounds") or 1), 1)
         color = qualitative.Plotly[i % 10]
-        clients = [f"client {k}" for k in range(len(extra.get("bytes_sent") or []))]
         for key, shade in (("bytes_sent", 1.0), ("bytes_received", 0.5)):
-            values = [b / rounds for b in extra.get(key) or []]
+            per_client = _per_round(extra, key)
+            clients = [f"client {k}" for k in range(len(per_client))]
+            rounds_text = [
+                ", ".join(f"r{r + 1} {_human_bytes(b)}" for r, b in enumerate(values[:10]))
+                + (f", … {len(values) - 10} more" if len(values) > 10 else "")
+                for values in per_client
+            ]
             fig.add_bar(
                 x=clients,
-                y=values,
+                y=[sum(values) / len(values) if values else None for values in per_client],
+                customdata=rounds_text,
+                hovertemplate="%{x}: %{y:.3s}B a round<br>%{customdata}<extra>%{fullData.name}</extra>",
                 name=f"{name}: {key.split('_')[1]}",
                 marker_color=color,
                 opacity=shade,
@@ -376,9 +409,31 @@ def federated(all_variants: list[Any]) -> go.Figure | None:
                 col=1,
             )
         losses = extra.get("round_loss") or []
-        fig.add_scatter(x=list(range(1, len(losses) + 1)), y=losses, name=f"{name}: loss", row=1, col=2)
+        rounds = list(range(1, len(losses) + 1))
+        fig.add_scatter(x=rounds, y=losses, name=f"{name}: loss", line=dict(color=color), row=1, col=2)
+        accuracy = extra.get("round_accuracy") or []
+        if any(a is not None for a in accuracy):
+            accuracy_axis = True
+            fig.add_scatter(
+                x=list(range(1, len(accuracy) + 1)),
+                y=accuracy,
+                name=f"{name}: accuracy",
+                line=dict(color=color, dash="dash"),
+                hovertemplate="round %{x}<br>%{y:.1%}<extra>%{fullData.name}</extra>",
+                row=1,
+                col=2,
+                secondary_y=True,
+            )
     fig.update_layout(**LAYOUT)
-    fig.update_layout(title="Federated training: communication and loss per round", barmode="group")
+    fig.update_layout(
+        title="Federated training: communication, loss and accuracy per round",
+        barmode="group",
+        margin=dict(LAYOUT["margin"], t=90),  # room for the subplot titles under the title
+    )
     fig.update_yaxes(title_text="bytes per round", row=1, col=1)
+    fig.update_yaxes(title_text="mean local loss", row=1, col=2, secondary_y=False)
+    if accuracy_axis:
+        fig.update_yaxes(title_text="global model accuracy (calibration split)", row=1, col=2, secondary_y=True)
+        fig.update_yaxes(**PCT_RIGHT_AXIS, row=1, col=2, secondary_y=True)
     fig.update_xaxes(title_text="round", dtick=1, row=1, col=2)
     return fig

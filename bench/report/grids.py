@@ -4,7 +4,8 @@ A grid is {"id", "columns": [{"label", "fmt", "title"}], "rows": [[value, ...]],
 or "class_col" (the column whose value is the row's class)}. A value is
 raw (a number, a string or null) and the column's `fmt` says how the script shows it (pct, ms, bytes, compact,
 f1, f2, ratio, text, id, status, verdict; msb: [ms, batch, "*" when from too few samples]). {"v": raw, "t": text,
-"h": tooltip, "d": detail} overrides the text, adds a tooltip or a collapsible detail (a traceback). Raw values
+"h": tooltip, "d": detail, "c": class} overrides the text, adds a tooltip or a collapsible detail (a traceback),
+or sets the cell's CSS class. Raw values
 keep a 10,000-cell table to a few MB: the formatting that would repeat in every row lives once in the script.
 """
 
@@ -265,3 +266,23 @@ def breakeven_grid(rows_in: list[BreakEven], multi: bool) -> Grid:
         rows.append(values)
         classes.append("ok" if b.inferences is not None else "skipped")
     return {"id": "breakeven", "columns": columns, "rows": rows, "classes": classes}
+
+
+def comparison_grid(headers: list[str], rows_in: list[dict[str, Any]]) -> Grid:
+    """`bench compare`'s rows (tables.comparison) as a grid: the text as shown, sorted by its raw value (severity,
+    points, ratios), each cell with its class (a regressed metric in red); regression rows marked failed."""
+    rows, classes = [], []
+    for row in rows_in:
+        values: list[Any] = []
+        for cell in row["tds"]:
+            text, sort, cls = cell["text"], cell["sort"], cell["cls"]
+            cls = "" if cls == "id" else cls  # the cell column's format gives it that class
+            if sort == text and not cls:
+                values.append(text)
+            else:
+                value = {"v": None if sort == "" else sort, "t": text}
+                values.append(value | {"c": cls} if cls else value)
+        rows.append(values)
+        classes.append("failed" if row["status"] == "regression" else "")
+    columns = [col(h, "id" if h == "cell" else "text") for h in headers]
+    return {"id": "comparison", "columns": columns, "rows": rows, "classes": classes}
