@@ -91,6 +91,11 @@ def failed_record(identity: CellRecord, exc: BaseException) -> CellRecord:
     return dataclasses.replace(identity, status="failed", error=trace, error_summary=error_summary(exc))
 
 
+def remote_failed_record(identity: CellRecord, summary: str, trace: str) -> CellRecord:
+    """The record of a cell whose stage failed in another process (a Ray task): its one line and traceback as sent."""
+    return dataclasses.replace(identity, status="failed", error=trace, error_summary=summary)
+
+
 SUMMARY_CHARS = 300
 
 
@@ -165,6 +170,7 @@ def ok_record(
             inference_rss_delta_mb=m["inference_rss_delta_mb"],
             peak_gpu_mb=m.get("peak_gpu_mb"),
             model_gpu_mb=m.get("model_gpu_mb"),
+            node=measured.meta.get("node"),
         ),
         # the recipe's TrainCost as it is, so that a key a recipe adds is kept rather than dropped
         training=TrainingInfo.from_json(trained.meta["cost"] | {"peak_memory_mb": trained.meta["peak_memory_mb"]}),

@@ -76,6 +76,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--cell-timeout", type=_positive_seconds, help="stop a cell after this many seconds (overrides limits:)"
     )
+    run.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where the stages run: this process (default) or Ray tasks (pip install -e '.[ray]'; docs/ray.md)",
+    )
+    run.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="the Ray cluster to join: 'auto' or HOST:PORT (default: start a local Ray instance)",
+    )
 
     lst = sub.add_parser("list", help="list the cells of a suite, with skip reasons")
     lst.add_argument("suite", nargs="?", default=DEFAULT_SUITE)
@@ -147,6 +158,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             remeasure=args.remeasure,
             cell_timeout=args.cell_timeout,
+            executor=args.executor,
+            ray_address=args.ray_address,
         )
     except KeyboardInterrupt:
         print(

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import platform
 import time
 import warnings
 from collections.abc import Callable
@@ -82,6 +83,7 @@ class Pipeline:
         self._memo: dict[tuple[str, str], StageResult] = {}
         self._splits: dict[str, DataSplits] = {}
         self.current_cell: str | None = None
+        self.node = platform.node()  # the machine that measures, recorded with its measurements
 
     # -- the generic stage: cache lookup, build in a staging folder, commit, log ------------------------------
 
@@ -267,13 +269,17 @@ class Pipeline:
             "options": registry("runtime").get(cell.runtime.name).obj(cell.runtime.config).session_options(),
             "sha256": exported.meta["sha256"],
         }
+        return self.measure_config(), spec
+
+    def measure_config(self) -> dict[str, Any]:
+        """What keys a measure stage beside its artifact: the settings, this machine, and the run when remeasuring."""
         from bench.env import machine_key
 
-        settings = {k: v for k, v in to_dict(m).items() if k != "remeasure"}
+        settings = {k: v for k, v in to_dict(self.suite.measurement).items() if k != "remeasure"}
         config: dict[str, Any] = {"measurement": settings, "machine": machine_key(self.environment, self.threads)}
         if self.remeasure:  # a key of this run alone: measured afresh even when the artifact is cached
             config["run"] = self.run_id
-        return config, spec
+        return config
 
     def measure_many(
         self, items: list[tuple[Cell, StageResult, StageResult]], timeout_s: float | None = None
@@ -301,7 +307,12 @@ class Pipeline:
                 assert outcome is not None  # a key not in the cache was measured above
                 result = dict(outcome)
                 (staging / "samples.json").write_text(json.dumps(result.pop("samples_ms")))
-                meta = {"result": result, "profile": self.suite.measurement.profile, "threads": self.threads}
+                meta = {
+                    "result": result,
+                    "profile": self.suite.measurement.profile,
+                    "threads": self.threads,
+                    "node": self.node,
+                }
                 return meta | {"seconds": result["seconds"]}  # the processes' time, not this commit's
 
             self.current_cell = cell.cell_id

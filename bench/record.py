@@ -218,6 +218,7 @@ class MeasurementInfo(JsonObject):
     inference_rss_delta_mb: float | None = None
     peak_gpu_mb: float | None = None
     model_gpu_mb: float | None = None  # peak GPU allocation over the runtime's, with no model
+    node: str | None = None  # the machine that timed it (a Ray run: host and node id)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 

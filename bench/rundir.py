@@ -18,7 +18,7 @@ from bench.cache import library_versions
 from bench.errors import BenchInputError
 
 RUN_FILE = "run.json"
-NOT_MEASURED = ("file", "description", "gate", "limits")  # suite keys that do not change a cell's numbers
+NOT_MEASURED = ("file", "description", "gate", "limits", "resources")  # suite keys that do not change a cell's numbers
 
 
 def read_run_meta(run_dir: Path) -> dict[str, Any]:

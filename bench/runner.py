@@ -151,15 +151,18 @@ def run_suite(
     progress: bool = True,
     remeasure: bool = False,
     cell_timeout: float | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
-    """Run every (missing) cell of `suite` into `run_dir`; returns run.json's content."""
+    """Run every (missing) cell of `suite` into `run_dir`; returns run.json's content. `executor` "ray" runs the
+    stages as tasks on a Ray cluster (`ray_address`; None starts a local instance), "local" in this process."""
     device = resolve_device(device or suite.device)
+    threads = pin_threads(suite)
     cells_path = run_dir / CELLS_FILE
     if (cells_path.exists() or (run_dir / RUN_FILE).exists()) and not resume:
         raise BenchInputError(
             f"{run_dir} already holds a run; pass --resume to finish it or choose another --out", field="--out"
         )
-    threads = pin_threads(suite)
     env = environment()
     all_cells = build_cells(suite, device)
     cells = select_shard(all_cells, shard)
@@ -174,6 +177,11 @@ def run_suite(
     current = provenance(suite.resolved(), model_files(suite))
     previous = check_resumable(run_dir, current, list(shard) if shard else None) if resume and run_dir.exists() else {}
 
+    if executor == "ray":  # Ray up (or joined) and the suite's resources checked before anything is written
+        from bench.ray_executor import connect, require_ray
+
+        require_ray()
+        connect(ray_address, suite, threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     jsonl.repair(cells_path)  # a run killed mid-write leaves a torn last line
     for name in (STAGES_FILE, TIMINGS_FILE, CORRECTNESS_FILE):
@@ -190,7 +198,7 @@ def run_suite(
         "device": device,
         "shard": list(shard) if shard else None,
         # what the command line changed beyond the suite (gates given with --gate are in suite.gate)
-        "options": {"remeasure": remeasure, "cell_timeout_s": cell_timeout},
+        "options": {"remeasure": remeasure, "cell_timeout_s": cell_timeout, "executor": executor},
         "cache_dir": str(cache_dir.resolve()),
         "environment": env,
         "n_cells": len(cells),
@@ -214,14 +222,20 @@ def run_suite(
     )
     timeout = cell_timeout if cell_timeout is not None else suite.limits.cell_timeout_s
     try:
-        for group in groups_of(todo):
-            for record in run_group(group, pipeline, suite, device, evidence, timeout, bar):
-                jsonl.append(cells_path, record.to_json())
-                if record.status == "failed":  # one line on the console; the traceback in the record and the log
-                    log.warning("cell %s failed: %s", record.cell_id, record.cause)
-                    with open(run_dir / ERRORS_FILE, "a", encoding="utf-8") as log_file:
-                        log_file.write(f"== {record.cell_id} ({_now()})\n{record.error}\n\n")
-                bar.update(1)
+        if executor == "ray":  # stages as Ray tasks; this process still writes every record (bench.ray_executor)
+            from bench.ray_executor import ray_records
+
+            produced = ray_records(todo, pipeline, evidence, timeout, bar, ray_address)
+        else:
+            groups = groups_of(todo)
+            produced = (r for g in groups for r in run_group(g, pipeline, suite, device, evidence, timeout, bar))
+        for record in produced:
+            jsonl.append(cells_path, record.to_json())
+            if record.status == "failed":  # one line on the console; the traceback in the record and the log
+                log.warning("cell %s failed: %s", record.cell_id, record.cause)
+                with open(run_dir / ERRORS_FILE, "a", encoding="utf-8") as log_file:
+                    log_file.write(f"== {record.cell_id} ({_now()})\n{record.error}\n\n")
+            bar.update(1)
     except KeyboardInterrupt:
         run_meta.update(status="interrupted", interrupted_at=_now())
         jsonl.write_json_atomic(run_dir / RUN_FILE, run_meta)
@@ -268,11 +282,31 @@ def run_group(
     bar.set_postfix_str(f"measuring {len({s.exported.key for *_, s in prepared.values()})} artifacts", refresh=True)
     items = [(cell, stages.data, stages.exported) for cell, _, stages in prepared.values()]
     measured = pipeline.measure_many(items, timeout)
+    done = [(*entry, result) for entry, result in zip(prepared.values(), measured, strict=True)]
+    records.update(assemble_group(done, suite, evidence, seconds))
+    out = []
+    for cell in group:
+        record = records[cell.cell_id]
+        record.wall_s = seconds[cell.cell_id]
+        out.append(record)
+    return out
+
+
+def assemble_group(
+    done: list[tuple[Cell, CellRecord, CellStages, StageResult | Exception]],
+    suite: Suite,
+    evidence: EvidenceWriter,
+    seconds: dict[str, float],
+) -> dict[str, CellRecord]:
+    """The records of a group's cells whose stages but measurement ran, given each artifact's measurement (or the
+    exception that stopped it), by cell id; each compressed cell is compared with the uncompressed model on its
+    runtime. Adds the measurement's seconds to the first cell of each artifact in `seconds`. Both executors use it."""
     uncompressed: dict[str, tuple[str, StageResult]] = {}  # runtime label -> the uncompressed model's measurement
-    for (cell, _, _), result in zip(prepared.values(), measured, strict=True):
+    for cell, _, _, result in done:
         if not isinstance(result, Exception) and not is_compressed(cell):
             uncompressed.setdefault(cell.runtime.label, (str(cell.cell_id), result))
-    for (cell, identity, stages), result in zip(prepared.values(), measured, strict=True):
+    records: dict[str, CellRecord] = {}
+    for cell, identity, stages, result in done:
         try:
             if isinstance(result, Exception):
                 raise result
@@ -281,17 +315,12 @@ def run_group(
             record = ok_record(identity, stages, suite.evaluation.budget, suite.gate.for_cell(cell))
             evidence.write(record, stages)
             if not result.cache_hit and result.key not in evidence.measured_seconds_counted:
-                seconds[cell.cell_id] += result.meta["seconds"]  # the first cell of an artifact carries its timing
+                seconds[cell.cell_id] = seconds.get(cell.cell_id, 0.0) + result.meta["seconds"]  # first cell only
                 evidence.measured_seconds_counted.add(result.key)
         except Exception as exc:
             record = failed_record(identity, exc)
         records[cell.cell_id] = record
-    out = []
-    for cell in group:
-        record = records[cell.cell_id]
-        record.wall_s = seconds[cell.cell_id]
-        out.append(record)
-    return out
+    return records
 
 
 def model_files(suite: Suite) -> dict[str, dict[str, str]]:
@@ -303,7 +332,8 @@ def model_files(suite: Suite) -> dict[str, dict[str, str]]:
 
 def suite_hash(suite: Suite) -> str:
     """A hash of the resolved suite without its file path: shards and re-runs of one suite share it."""
-    resolved = {k: v for k, v in suite.resolved().items() if k not in ("file", "gate")}  # gates judge, not measure
+    # gates judge and resources place cells: neither changes what a cell measures
+    resolved = {k: v for k, v in suite.resolved().items() if k not in ("file", "gate", "resources")}
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

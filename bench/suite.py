@@ -77,6 +77,33 @@ class EvaluationConfig:
 
 
 @dataclasses.dataclass
+class StageResources:
+    """What one task of a stage kind asks a Ray cluster for (`bench run --executor ray`); the local executor runs
+    stages in order and ignores it. `cpus` None: the threads a local run uses (measurement.threads, else the
+    driver's cores), so a task's results equal a local run's; `gpus` None: 1 where the suite's device is cuda,
+    else 0 (fractions share one GPU). A task runs as many torch threads as the CPUs it holds."""
+
+    cpus: float | None = None
+    gpus: float | None = None
+
+    def __post_init__(self) -> None:
+        check_range("cpus", self.cpus, lo=0)
+        check_range("gpus", self.gpus, lo=0)
+
+
+# The stage kinds a `resources:` section sizes; a measurement always holds its whole node while it times.
+RESOURCE_STAGES = ("train", "compress", "export", "evaluate")
+
+
+@dataclasses.dataclass
+class ResourcesConfig:
+    train: StageResources = dataclasses.field(default_factory=StageResources)
+    compress: StageResources = dataclasses.field(default_factory=StageResources)
+    export: StageResources = dataclasses.field(default_factory=StageResources)
+    evaluate: StageResources = dataclasses.field(default_factory=StageResources)  # the attacks run here
+
+
+@dataclasses.dataclass
 class Suite:
     name: str
     file: str
@@ -91,6 +118,7 @@ class Suite:
     description: str = ""
     limits: LimitsConfig = dataclasses.field(default_factory=lambda: LimitsConfig())
     gate: GateConfig = dataclasses.field(default_factory=GateConfig)  # limits a cell must meet (bench.gates)
+    resources: ResourcesConfig = dataclasses.field(default_factory=ResourcesConfig)  # Ray tasks' requests
 
     def choices(self, axis: str) -> list[Choice]:
         """The entries of an axis; `dataset` is an axis of the matrix too."""
@@ -112,6 +140,7 @@ class Suite:
             "exclude": self.exclude,
             "include": self.include,
             "gate": self.gate.to_dict(),
+            "resources": to_dict(self.resources),
         }
 
 
@@ -129,6 +158,7 @@ TOP_LEVEL_KEYS = (
     "include",
     "limits",
     "gate",
+    "resources",
 )
 
 
@@ -165,6 +195,23 @@ def _section(data: dict[str, Any], key: str, cls: type) -> Any:
         return parse_config(cls, raw)
     except ConfigError as exc:
         raise BenchInputError(str(exc), field=f"{key}.{exc.field}".rstrip(".")) from exc
+
+
+def _resources(data: dict[str, Any]) -> ResourcesConfig:
+    raw = data.get("resources") or {}
+    if not isinstance(raw, dict):
+        example = "{train: {cpus: 2, gpus: 1}}"
+        raise BenchInputError(f"expected a mapping such as {example}, got {raw!r}", field="resources")
+    stages = {}
+    for kind in raw:
+        if kind not in RESOURCE_STAGES:
+            valid = ", ".join(RESOURCE_STAGES)
+            raise BenchInputError(f"unknown stage '{kind}'; valid stages: {valid}", field=f"resources.{kind}")
+        try:
+            stages[kind] = _section(raw, kind, StageResources)
+        except BenchInputError as exc:
+            raise BenchInputError(exc.detail, field=f"resources.{exc.field}") from None
+    return ResourcesConfig(**stages)
 
 
 def _parse_suite(data: Any, path: Path) -> Suite:
@@ -231,6 +278,7 @@ def _parse_suite(data: Any, path: Path) -> Suite:
         exclude=rules["exclude"],
         include=rules["include"],
         description=str(data.get("description", "")),
+        resources=_resources(data),
     )
     check_rules(suite.exclude, suite.include, suite.choices)  # a rule naming nothing that exists is a mistake
     suite.gate = parse_gate(data.get("gate"), suite.measurement.batch_sizes, suite.choices)

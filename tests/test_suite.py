@@ -73,7 +73,24 @@ BAD_SUITES = {
     "exclude typo": (tiny_suite(exclude=[{"runtime": "onnx"}]), "exclude[0].runtime", "matches no runtime"),
     "exclude bad axis": (tiny_suite(exclude=[{"backend": "eager"}]), "exclude[0]", "unknown key 'backend'"),
     "int8 not last": (tiny_suite(compressions=[["int8", "prune"]]), "compressions[0][0]", "must be the last step"),
+    "resources stage": (tiny_suite(resources={"measure": {"cpus": 2}}), "resources.measure", "unknown stage 'measure'"),
+    "resources cpus": (tiny_suite(resources={"train": {"cpus": -1}}), "resources.train.cpus", "must be in [0, inf]"),
+    "resources key": (tiny_suite(resources={"train": {"gpu": 1}}), "resources.train.gpu", "valid keys: cpus, gpus"),
+    "resources type": (tiny_suite(resources=[1]), "resources", "expected a mapping such as"),
 }
+
+
+def test_resources_place_tasks_without_changing_what_a_cell_measures(tmp_path):
+    from bench.rundir import provenance
+    from bench.runner import suite_hash
+
+    plain = load_suite(write_suite(tmp_path / "a.yaml", tiny_suite()))
+    sized = load_suite(write_suite(tmp_path / "b.yaml", tiny_suite(resources={"train": {"cpus": 0.5, "gpus": 1}})))
+    assert (sized.resources.train.cpus, sized.resources.train.gpus) == (0.5, 1)
+    assert sized.resources.evaluate.cpus is None  # the default: the threads a local run uses
+    assert sized.resolved()["resources"]["train"] == {"cpus": 0.5, "gpus": 1}
+    assert suite_hash(plain) == suite_hash(sized)  # a run may be resumed on other resources
+    assert provenance(plain.resolved(), {}) == provenance(sized.resolved(), {})
 
 
 @pytest.mark.parametrize("case", BAD_SUITES, ids=list(BAD_SUITES))

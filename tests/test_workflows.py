@@ -302,3 +302,19 @@ def test_actionlint_and_shellcheck_do_check(tmp_path: Path):
     assert done.returncode == 1, done.stdout + done.stderr
     assert "github.nope" in done.stdout or "nope" in done.stdout
     assert "SC2086" in done.stdout, f"shellcheck did not run:\n{done.stdout}"
+
+
+# -- the KubeRay example (docs/ray.md) ---------------------------------------------------------------------------
+
+
+def test_the_kuberay_rayjob_runs_a_shipped_suite_with_the_ray_executor():
+    job = yaml.safe_load((ROOT / "docs" / "kuberay-rayjob.yaml").read_text(encoding="utf-8"))
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    assert job["spec"]["rayClusterSpec"]["headGroupSpec"] and job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    entrypoint = job["spec"]["entrypoint"]
+    (words,) = bench_commands(entrypoint.replace("&&", "\n"))
+    assert words[1] == "run" and (ROOT / words[2]).is_file()
+    usage = cli_help("run")
+    for option in (w for w in words[3:] if w.startswith("--")):
+        assert re.search(rf"{re.escape(option)}\b", usage), f"bench run has no {option}"
+    assert "--executor ray" in entrypoint
