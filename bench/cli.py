@@ -203,9 +203,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     cells = build_cells(suite, resolve_device(args.device or suite.device))
     check_suite(suite, cells)  # what the suite asks of its data (bench.preflight): `bench run` checks the same
     width = max((len(c.cell_id) for c in cells), default=0)
-    for cell in cells:
-        status = f"skip: {cell.skip_reason}" if cell.skip_reason else "run"
-        print(f"{cell.cell_id:<{width}}  {status}")
+    lines = (f"{c.cell_id:<{width}}  {f'skip: {c.skip_reason}' if c.skip_reason else 'run'}" for c in cells)
+    if cells:
+        print("\n".join(lines))  # one write: a 20,000-cell suite lists in well under a second
     models = {cell.model.label: cell.model.config for cell in cells}
     for label, config in models.items():  # the one transformation the harness may add to a model, never silently
         inputs = "dataset mean/std normalisation inside the model" if config.normalize else "[0, 1] pixels as they are"

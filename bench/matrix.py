@@ -13,6 +13,7 @@ matrix with a skip reason decided by the plugins' declared capabilities: nothing
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 
 from bench.entries import AXES, RULE_KEYS, Choice
@@ -32,7 +33,7 @@ class Cell:
     skip_reason: str | None = None
     dataset_in_id: bool = False  # only suites with several datasets prefix ids with the dataset
 
-    @property
+    @functools.cached_property  # computed once per cell: a large matrix asks for it many times
     def cell_id(self) -> str:
         parts = [getattr(self, axis).label for axis in AXES]
         return "/".join([self.dataset.label, *parts] if self.dataset_in_id else parts)
@@ -82,12 +83,16 @@ def build_cells(suite: Suite, device: str = "cpu") -> list[Cell]:
             combos.append(combo)
     cells = []
     seen = set()
+    reasons: dict[tuple[int, int], str | None] = {}  # a skip reason depends on the runtime and compression only
     for combo in combos:
         cell = Cell(**combo, dataset_in_id=len(suite.datasets) > 1)
         if cell.cell_id in seen:
             continue
         seen.add(cell.cell_id)
-        cells.append(dataclasses.replace(cell, skip_reason=skip_reason(cell, device)))
+        pair = id(cell.runtime), id(cell.compression)
+        if pair not in reasons:
+            reasons[pair] = skip_reason(cell, device)
+        cells.append(dataclasses.replace(cell, skip_reason=reasons[pair]) if reasons[pair] else cell)
     return cells
 
 

@@ -61,7 +61,13 @@ def check_suite(suite: Suite, cells: list[Cell] | None = None) -> dict[str, Data
                 splits[cell.dataset.label] = _load(suite, cell.dataset)
         models: set[tuple[str, ...]] = set()
         attacks: set[tuple[str, ...]] = set()
+        seen: set[tuple[int, ...]] = set()
         for cell in cells:
+            # what is checked depends on the dataset, model, compression and attack entries, shared by many cells
+            entries = (id(cell.dataset), id(cell.model), id(cell.compression), id(cell.attack))
+            if entries in seen:
+                continue
+            seen.add(entries)
             data = splits[cell.dataset.label]
             shape = (repr(data.in_shape), str(data.num_classes))
             key = (cell.model.name, repr(cell.model.config), *shape)
@@ -132,9 +138,9 @@ def _load(suite: Suite, choice: Choice) -> DataSplits:
 
 
 def _check_model(suite: Suite, name: str, config: Any, data: DataSplits, field: str) -> None:
-    """Build the model for the data's shape and run one forward pass on two samples: first on the meta device
-    (shapes only, no memory, no compute: a large model checks in milliseconds), then for real when the meta pass
-    cannot tell (a model whose code needs real values) or to load a checkpoint."""
+    """Build the model for the data's shape and run one forward pass on two samples: a large model first on the
+    meta device (shapes only, no memory, no compute: it checks in milliseconds), then for real when the meta pass
+    cannot tell (a model whose code needs real values) or to load a checkpoint; a small model for real."""
     from bench.models import build_model
 
     shape = "x".join(str(d) for d in data.in_shape)
@@ -177,17 +183,23 @@ def _check_model(suite: Suite, name: str, config: Any, data: DataSplits, field: 
     _check_logits(suite, name, out, len(x), data, field)
 
 
+# Below this many parameter and buffer values a model is checked with a real forward pass on two samples: the
+# meta device's first forward pass imports torch._dynamo (about 1.5 s here), far more than a small model costs.
+META_FROM_VALUES = 2_000_000
+
+
 def _on_meta(name: str, config: Any, data: DataSplits, x: torch.Tensor) -> tuple[torch.nn.Module, Any] | None:
-    """(model, output) of the model built and run on the meta device, without its checkpoint; None when either
-    fails (the real build and forward pass then say why, or pass)."""
+    """(model, output) of a large model built and run on the meta device, without its checkpoint; None for a
+    small model, or when either fails (the real build and forward pass then say why, or pass)."""
     with torch.device("meta"), torch.no_grad():
         net = _build_bare(name, config, data)
-        if net is None:
-            return None
-        try:
+    if net is None or sum(t.numel() for t in (*net.parameters(), *net.buffers())) < META_FROM_VALUES:
+        return None
+    try:
+        with torch.no_grad():
             return net, net(x.to("meta"))
-        except Exception:
-            return None
+    except Exception:
+        return None
 
 
 def _memory_bytes() -> int | None:

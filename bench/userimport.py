@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -112,9 +113,10 @@ def resolve_path(path: str | Path) -> Path:
     return (root / path if root is not None and not path.is_absolute() else path).resolve()
 
 
-def _library_dirs() -> set[Path]:
+@functools.cache
+def _library_dirs() -> frozenset[Path]:
     names = ("stdlib", "platstdlib", "purelib", "platlib")
-    return {Path(p).resolve() for p in (sysconfig.get_path(n) for n in names) if p}
+    return frozenset(Path(p).resolve() for p in (sysconfig.get_path(n) for n in names) if p)
 
 
 def source_sha256(obj: Any) -> str | None:
@@ -131,20 +133,29 @@ def source_sha256(obj: Any) -> str | None:
     root = top_file.parent
     if any(root == lib or lib in root.parents for lib in _library_dirs()):
         return None  # an installed package (an editable install's source folder is not under these)
-    single_module = top_file.name != "__init__.py"
+    digest = hashlib.sha256()
+    for path in _source_files(root, top_file.name != "__init__.py", os.path.dirname(location), len(sys.modules)):
+        # each file's own hash, memoised by size and mtime: a suite's every cell asks for this, a file is read once
+        digest.update(f"{path.relative_to(root)}\0{file_sha256(path)}\0".encode())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _source_files(root: Path, single_module: bool, loaded_from: str, n_modules: int) -> tuple[Path, ...]:
+    """The loaded modules' files under `root` (beside it for a single module), sorted; memoised while no module
+    is imported (`n_modules`: every cell of a suite asks, and a scan of sys.modules resolves thousands of paths)."""
+    prefixes = (str(root), loaded_from)
     files = set()
     for mod in list(sys.modules.values()):
         file = getattr(mod, "__file__", None)
         if not file or not file.endswith(".py") or not os.path.isabs(file):
             continue  # torch.classes says "_classes.py": no file of the user's
+        if not file.startswith(prefixes) and not os.path.islink(file):
+            continue  # neither under the root as resolved nor as loaded: no path to resolve
         path = Path(file).resolve()
         if (path.parent == root) if single_module else (root in path.parents):
             files.add(path)
-    digest = hashlib.sha256()
-    for path in sorted(files):
-        # each file's own hash, memoised by size and mtime: a suite's every cell asks for this, a file is read once
-        digest.update(f"{path.relative_to(root)}\0{file_sha256(path)}\0".encode())
-    return digest.hexdigest()
+    return tuple(sorted(files))
 
 
 def subprocess_env(env: dict[str, str] | None = None) -> dict[str, str]:
