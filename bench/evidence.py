@@ -85,11 +85,11 @@ class Timings:
 
 
 def append_correctness(run_dir: Path, item: Correctness) -> None:
-    jsonl.append(run_dir / CORRECTNESS_FILE, item.to_json())
+    jsonl.append(run_dir / CORRECTNESS_FILE, item.to_json(), sync=False)  # the runner syncs once per group
 
 
 def append_timings(run_dir: Path, item: Timings) -> None:
-    jsonl.append(run_dir / TIMINGS_FILE, item.to_json())
+    jsonl.append(run_dir / TIMINGS_FILE, item.to_json(), sync=False)  # the runner syncs once per group
 
 
 def read_correctness(run_dir: Path) -> dict[str, Correctness]:

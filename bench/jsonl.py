@@ -1,7 +1,8 @@
 """Append-only JSON Lines files that survive a killed process.
 
-Each record is one line, written and flushed (and fsynced) at once, so a run killed part way loses at most the
-line in flight; a reader ignores a torn last line, and `repair` cuts it off before appending resumes.
+Each record is one line, written and flushed (and fsynced, per line or per batch) at once, so a run killed part
+way loses at most the line in flight; a reader ignores a torn last line, and `repair` cuts it off before appending
+resumes.
 """
 
 from __future__ import annotations
@@ -12,12 +13,30 @@ from pathlib import Path
 from typing import Any
 
 
-def append(path: Path, record: dict[str, Any]) -> None:
-    line = json.dumps(record, sort_keys=False, default=str) + "\n"
+def append(path: Path, record: dict[str, Any], *, sync: bool = True) -> None:
+    """Append one line. `sync=False` leaves it to the OS (it survives a killed process, not a lost machine): for
+    a file whose writer calls `fsync` itself once per batch."""
+    append_many(path, [record], sync=sync)
+
+
+def append_many(path: Path, records: list[dict[str, Any]], *, sync: bool = True) -> None:
+    """Append several lines in one write (and one fsync): a group's records land together."""
+    text = "".join(json.dumps(record, sort_keys=False, default=str) + "\n" for record in records)
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line)
+        fh.write(text)
         fh.flush()
-        os.fsync(fh.fileno())
+        if sync:
+            os.fsync(fh.fileno())
+
+
+def fsync(path: Path) -> None:
+    """Make what was appended to `path` without sync durable."""
+    if path.exists():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def read(path: Path) -> list[dict[str, Any]]:

@@ -350,7 +350,7 @@ class RayDriver:
 
     # -- the run --------------------------------------------------------------------------------------------------
 
-    def records(self, todo: list[Cell], evidence: Any, bar: Any) -> Iterator[CellRecord]:
+    def records(self, todo: list[Cell], evidence: Any, bar: Any) -> Iterator[list[CellRecord]]:
         from bench.runner import groups_of
 
         runnable = [c for c in todo if not c.skip_reason]
@@ -399,7 +399,7 @@ class RayDriver:
         while waiting:
             for index in [i for i in waiting if self._group_done(groups[i], plan_of)]:
                 waiting.remove(index)
-                yield from self._group_records(groups[index], plan_of, evidence)
+                yield self._group_records(groups[index], plan_of, evidence)
             if waiting and self.pending:
                 bar.set_postfix_str(f"{len(self.pending)} tasks in flight", refresh=True)
                 ready, _ = self.ray.wait(list(self.pending), num_returns=1)
@@ -510,7 +510,7 @@ def connect(address: str | None, suite: Suite, threads: int) -> None:
 
 def ray_records(
     todo: list[Cell], pipeline: Pipeline, evidence: Any, timeout: float | None, bar: Any, address: str | None
-) -> Iterator[CellRecord]:
+) -> Iterator[list[CellRecord]]:
     """The records of `todo`, run as Ray tasks, group by group as their stages finish (bench.runner writes them);
     Ray is shut down after, unless this process had joined it before `connect`."""
     import ray

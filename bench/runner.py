@@ -228,14 +228,16 @@ def run_suite(
             produced = ray_records(todo, pipeline, evidence, timeout, bar, ray_address)
         else:
             groups = groups_of(todo)
-            produced = (r for g in groups for r in run_group(g, pipeline, suite, device, evidence, timeout, bar))
-        for record in produced:
-            jsonl.append(cells_path, record.to_json())
-            if record.status == "failed":  # one line on the console; the traceback in the record and the log
-                log.warning("cell %s failed: %s", record.cell_id, record.cause)
-                with open(run_dir / ERRORS_FILE, "a", encoding="utf-8") as log_file:
-                    log_file.write(f"== {record.cell_id} ({_now()})\n{record.error}\n\n")
-            bar.update(1)
+            produced = (run_group(g, pipeline, suite, device, evidence, timeout, bar) for g in groups)
+        for group_records in produced:  # a group's records together: its evidence made durable first, then them
+            evidence.sync()
+            jsonl.append_many(cells_path, [record.to_json() for record in group_records])
+            for record in group_records:
+                if record.status == "failed":  # one line on the console; the traceback in the record and the log
+                    log.warning("cell %s failed: %s", record.cell_id, record.cause)
+                    with open(run_dir / ERRORS_FILE, "a", encoding="utf-8") as log_file:
+                        log_file.write(f"== {record.cell_id} ({_now()})\n{record.error}\n\n")
+                bar.update(1)
     except KeyboardInterrupt:
         run_meta.update(status="interrupted", interrupted_at=_now())
         jsonl.write_json_atomic(run_dir / RUN_FILE, run_meta)
@@ -346,6 +348,11 @@ class EvidenceWriter:
         self._timed = set(read_timings(run_dir))
         self._eval_sha: dict[str, str] = {}
         self.measured_seconds_counted: set[str] = set()
+
+    def sync(self) -> None:
+        """fsync the evidence files (appended without sync, a group's worth at a time)."""
+        for name in (TIMINGS_FILE, CORRECTNESS_FILE):
+            jsonl.fsync(self.run_dir / name)
 
     def write(self, record: CellRecord, stages: CellStages) -> None:
         import torch
