@@ -97,6 +97,11 @@ def test_ddp_two_processes_give_the_weights_of_one(ddp_cnn):
     (two, cost2), (one, cost1) = ddp_cnn[2], ddp_cnn[1]
     assert _max_diff(two, one) < 1e-5
     assert cost2.final_loss == pytest.approx(cost1.final_loss, abs=1e-5)
+    # the loss per epoch (the report's training chart) is the global mean loss, whatever the number of processes
+    assert [e["epoch"] for e in cost2.history] == [1, 2, 3]
+    for a, b in zip(cost2.history, cost1.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+    assert cost2.history[-1]["loss"] < cost2.history[0]["loss"]
 
 
 def test_ddp_learns_and_reports_its_cost(ddp_cnn, data):

@@ -224,9 +224,19 @@ def train_rank(
     steps = cost.epochs * len(plan)
     # Each rank's last loss is its slice's share of the global mean times world_size: the sum over ranks / world.
     final = torch.tensor(cost.final_loss, dtype=torch.float32, device=device) / world_size
+    # each epoch's mean loss the same way: the ranks' shares summed, for the record's loss per epoch
+    epochs = torch.tensor([e["loss"] if e["loss"] is not None else float("nan") for e in cost.history], device=device)
+    epochs = epochs / world_size
     if world_size > 1:
         dist.all_reduce(final)
-    return {"train_seconds": cost.seconds, "steps": steps, "final_loss": float(final) if steps else float("nan")}
+        dist.all_reduce(epochs)
+    history = [{"epoch": e["epoch"], "loss": round(float(v), 6)} for e, v in zip(cost.history, epochs, strict=True)]
+    return {
+        "train_seconds": cost.seconds,
+        "steps": steps,
+        "final_loss": float(final) if steps else float("nan"),
+        "history": history,
+    }
 
 
 def ddp_worker(spec: dict[str, Any]) -> None:
@@ -280,4 +290,5 @@ def ddp(model: nn.Module, data: DataSplits, cfg: DDPConfig, *, seed: int, device
         "global_batch": cfg.batch_size,
         "sync_batchnorm": has_batchnorm(model) and cfg.world_size > 1,
     }
-    return TrainCost(seconds, cfg.epochs, seen, seen / seconds if seconds > 0 else 0.0, result["final_loss"], extra)
+    rate = seen / seconds if seconds > 0 else 0.0
+    return TrainCost(seconds, cfg.epochs, seen, rate, result["final_loss"], extra, history=result.get("history", []))
