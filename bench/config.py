@@ -8,6 +8,8 @@ travels below the suite loader.
 from __future__ import annotations
 
 import dataclasses
+import fractions
+import re
 import types
 import typing
 from typing import Any, Literal, Union
@@ -29,6 +31,10 @@ def _type_name(tp: Any) -> str:
     if tp is type(None):
         return "null"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+# A number written as a fraction of two decimals (`8/255`, `0.5 / 3`): where a float is expected.
+FRACTION = re.compile(r"\s*[+-]?\d+(\.\d*)?\s*/\s*\d+(\.\d*)?\s*")
 
 
 def coerce(value: Any, tp: Any, field: str) -> Any:
@@ -65,6 +71,11 @@ def coerce(value: Any, tp: Any, field: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and FRACTION.fullmatch(value):  # `8/255`, as papers write eps, parsed exactly
+            numerator, denominator = (fractions.Fraction(part.strip()) for part in value.split("/"))
+            if denominator == 0:
+                raise ConfigError(field, f"division by zero in {value!r}")
+            return float(numerator / denominator)
     elif tp is str:
         if isinstance(value, str):
             return value

@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any
 
-from bench.config import config_fields, parse_config, to_dict
+from bench.config import FRACTION, config_fields, parse_config, to_dict
 from bench.errors import BenchInputError, ConfigError, UnknownNameError
 from bench.registry import Registry
 
@@ -63,6 +63,8 @@ def registry_for(axis: str) -> Registry:
 def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, str) and FRACTION.fullmatch(value):
+        return "".join(value.split())  # `8/255` as written, without spaces: ids have none
     if isinstance(value, (list, tuple)):
         return "x".join(_format_value(v) for v in value)
     return str(value)

@@ -169,3 +169,16 @@ def test_an_linf_eps_beyond_the_pixel_range_is_an_input_error(tmp_path, capsys):
     assert code == 2
     assert "attacks[0].eps: must be at most 1 for Linf (pixels are in [0, 1]; 8/255 is 0.0314), got 8" in err
     assert "Traceback" not in err
+
+
+def test_numbers_written_as_fractions_are_parsed_exactly_and_labelled_as_written(tmp_path, capsys):
+    text = (
+        "name: f\nmodels: [mlp]\n"
+        "attacks:\n  - {name: pgd, eps: [4/255, 8/255], alpha: 2/255}\n  - {name: fgsm, eps: 0.5 / 10}\n"
+    )
+    suite = load_suite(write_suite(tmp_path / "f.yaml", text))
+    pgd4, pgd8, fgsm = suite.axes["attack"]
+    assert (pgd4.label, pgd8.label, fgsm.label) == ("pgd-4/255", "pgd-8/255", "fgsm-0.5/10")
+    assert pgd8.config.eps == 8 / 255 and pgd8.config.alpha == 2 / 255 and fgsm.config.eps == 0.05
+    code, _out, err = run_cli(["list", write_suite(tmp_path / "bad.yaml", text.replace("8/255", "8/0"))], capsys)
+    assert code == 2 and "attacks[0].eps: division by zero in '8/0'" in err
