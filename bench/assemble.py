@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from bench.pipeline import StageResult
 
 BASELINE_CELL = "compression none, runtime eager"
-WORKER_ONLY_LATENCY_KEYS = ("warmup_s", "timer")  # how the worker timed, not what it measured
+WORKER_ONLY_LATENCY_KEYS = ("warmup_s", "timer", "stop")  # how the worker timed, not what it measured
 
 
 @dataclasses.dataclass
@@ -217,3 +217,36 @@ def _payoff(stages: CellStages) -> Payoff | None:
 
     cell_id, measured = stages.uncompressed
     return artifact_payoff(stages.measured.path, measured.path, cell_id)
+
+
+def assemble_group(
+    done: list[tuple[Cell, CellRecord, CellStages, StageResult | Exception]],
+    suite: Any,  # bench.suite.Suite
+    evidence: Any,  # bench.runner.EvidenceWriter
+    seconds: dict[str, float],
+) -> dict[str, CellRecord]:
+    """The records of a group's cells whose stages but measurement ran, given each artifact's measurement (or the
+    exception that stopped it), by cell id; each compressed cell is compared with the uncompressed model on its
+    runtime. Adds the measurement's seconds to the first cell of each artifact in `seconds`. Both executors use it."""
+    from bench.pipeline import is_compressed
+
+    uncompressed: dict[str, tuple[str, StageResult]] = {}  # runtime label -> the uncompressed model's measurement
+    for cell, _, _, result in done:
+        if not isinstance(result, Exception) and not is_compressed(cell):
+            uncompressed.setdefault(cell.runtime.label, (str(cell.cell_id), result))
+    records: dict[str, CellRecord] = {}
+    for cell, identity, stages, result in done:
+        try:
+            if isinstance(result, Exception):
+                raise result
+            twin = uncompressed.get(cell.runtime.label) if is_compressed(cell) else None
+            stages = dataclasses.replace(stages, measured=result, uncompressed=twin)
+            record = ok_record(identity, stages, suite.evaluation.budget, suite.gate.for_cell(cell))
+            evidence.write(record, stages)
+            if not result.cache_hit and result.key not in evidence.measured_seconds_counted:
+                seconds[cell.cell_id] = seconds.get(cell.cell_id, 0.0) + result.meta["seconds"]  # first cell only
+                evidence.measured_seconds_counted.add(result.key)
+        except Exception as exc:
+            record = failed_record(identity, exc)
+        records[cell.cell_id] = record
+    return records

@@ -207,7 +207,8 @@ class CellRunner:
     def record(self, cell_id: str) -> Any:
         """The cell's record (bench.record.CellRecord), running its group's selected cells if not done yet."""
         if cell_id not in self.records:
-            from bench.runner import group_key, run_group
+            from bench.runner import run_group
+            from bench.shards import group_key
 
             key = group_key(self.cells[cell_id])
             group = [

@@ -26,7 +26,6 @@ import dataclasses
 import logging
 import os
 import platform
-import sys
 import tempfile
 import time
 import traceback
@@ -35,7 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import jsonl, userimport
-from bench.assemble import CellStages, error_summary, identity_record, remote_failed_record, skipped_record
+from bench.assemble import (
+    CellStages,
+    assemble_group,
+    error_summary,
+    identity_record,
+    remote_failed_record,
+    skipped_record,
+)
 from bench.bundles import Bundle, install, pack
 from bench.cache import StageCache, stage_key
 from bench.errors import BenchInputError
@@ -43,8 +49,10 @@ from bench.matrix import Cell
 from bench.parity import check_parity
 from bench.pipeline import Pipeline, StageResult
 from bench.record import CellRecord
+from bench.shards import groups_of
 from bench.stage_graph import CHAIN, CellPlan, KeyPlanner, NodeId, StageNode, plan_cells
 from bench.suite import RESOURCE_STAGES, Suite
+from bench.timelimit import time_limit
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +86,6 @@ class TaskContext:
     timeout: float | None
     driver_node: str  # tasks on the driver's node use the driver's cache: no copy on the same disk
     driver_cache: str
-    user_roots: list[str]  # where the driver imported a user's model code from
 
 
 # -- the worker side ------------------------------------------------------------------------------------------
@@ -104,14 +111,9 @@ def node_label() -> str:
 
 @contextlib.contextmanager
 def task_scope(ctx: TaskContext) -> Iterator[Path]:
-    """User code importable as in the driver, torch's threads pinned as in a local run, a stages log of its own."""
+    """torch's threads pinned to the task's CPUs, user code found as in the driver, a stages log of its own."""
     import torch
 
-    from bench.runner import time_limit
-
-    for root in ctx.user_roots:
-        if root not in sys.path:
-            sys.path.append(root)
     torch.set_num_threads(task_threads(ctx))
     with (
         tempfile.TemporaryDirectory(prefix="bench-task-") as tmp,
@@ -243,8 +245,11 @@ class RayDriver:
             timeout=timeout,
             driver_node=ray.get_runtime_context().get_node_id(),
             driver_cache=str(self.cache.root),
-            user_roots=[str(r) for r in userimport.USER_ROOTS],
         )
+        # a user's model code, imported by the driver from beside its suite, is importable in the workers too (the
+        # folders it came from on their PYTHONPATH, through Ray's runtime environment)
+        user_path = userimport.subprocess_env({}).get("PYTHONPATH")
+        self.runtime_env = {"env_vars": {"PYTHONPATH": user_path}} if user_path else None
         self.stage_task = ray.remote(max_retries=MAX_RETRIES)(run_stage)
         self.measure_task = ray.remote(max_retries=MAX_RETRIES, num_returns=1)(measure_group)
         self.refs: dict[NodeId, Any] = {}  # node -> the ObjectRef of its bundle
@@ -262,7 +267,7 @@ class RayDriver:
         # the threads a local run uses, or all of the largest node where that is fewer
         cpus = wanted.cpus if wanted.cpus is not None else min(self.pipeline.threads, self.most_cpus)
         gpus = wanted.gpus if wanted.gpus is not None else (1.0 if self.pipeline.device == "cuda" else 0.0)
-        return {"num_cpus": cpus, "num_gpus": gpus}
+        return {"num_cpus": cpus, "num_gpus": gpus, "runtime_env": self.runtime_env}
 
     def need(self, node_id: NodeId) -> None:
         """A record needs this stage's result: from the driver's cache where it is there (no transfer), else from
@@ -316,6 +321,7 @@ class RayDriver:
             "num_cpus": node["Resources"]["CPU"],
             "num_gpus": node["Resources"].get("GPU", 0),
             "scheduling_strategy": NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+            "runtime_env": self.runtime_env,
         }
 
     def _cached(self, kind: str, key: str) -> StageResult:
@@ -351,8 +357,6 @@ class RayDriver:
     # -- the run --------------------------------------------------------------------------------------------------
 
     def records(self, todo: list[Cell], evidence: Any, bar: Any) -> Iterator[list[CellRecord]]:
-        from bench.runner import groups_of
-
         runnable = [c for c in todo if not c.skip_reason]
         planner = KeyPlanner(
             self.suite,
@@ -427,8 +431,6 @@ class RayDriver:
         return None
 
     def _group_records(self, group: list[Cell], plan_of: dict[str, CellPlan], evidence: Any) -> list[CellRecord]:
-        from bench.runner import assemble_group
-
         records: dict[str, CellRecord] = {}
         done: list[tuple[Cell, CellRecord, CellStages, StageResult | Exception]] = []
         seconds: dict[str, float] = {}

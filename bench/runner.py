@@ -10,17 +10,13 @@ are not recomputed.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
 import os
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from bench import jsonl
-from bench.assemble import CellStages, failed_record, identity_record, ok_record, skipped_record
+from bench.assemble import CellStages, assemble_group, failed_record, identity_record, skipped_record
 from bench.cache import StageCache
 from bench.env import environment
 from bench.errors import BenchInputError
@@ -45,11 +41,13 @@ from bench.gates import gate_counts
 from bench.invariants import run_invariants
 from bench.matrix import Cell, build_cells, select_shard
 from bench.parity import check_parity
-from bench.pipeline import Pipeline, StageResult, is_baseline, is_compressed
+from bench.pipeline import Pipeline, is_baseline
 from bench.preflight import check_suite
 from bench.record import SCHEMA_VERSION, CellRecord, read_records
 from bench.rundir import RUN_FILE, check_resumable, provenance
+from bench.shards import groups_of
 from bench.suite import Suite
+from bench.timelimit import time_limit
 
 log = logging.getLogger(__name__)
 
@@ -94,50 +92,12 @@ def prepare_stages(cell: Cell, pipeline: Pipeline) -> CellStages:
     return CellStages(data, trained, compressed, exported, None, evaluated, baseline)  # type: ignore[arg-type]
 
 
-def groups_of(cells: list[Cell]) -> list[list[Cell]]:
-    """Cells that share a trained model (dataset, model, recipe), in suite order: each group's artifacts are
-    measured together, interleaved."""
-    groups: dict[tuple[str, str, str], list[Cell]] = {}
-    for cell in cells:
-        groups.setdefault(group_key(cell), []).append(cell)
-    return list(groups.values())
-
-
-def group_key(cell: Cell) -> tuple[str, str, str]:
-    """What the cells of one group share: the trained model's dataset, model and recipe."""
-    return cell.dataset.label, cell.model.label, cell.recipe.label
-
-
 def pin_threads(suite: Suite) -> int:
     """Pin torch's threads to the suite's `measurement.threads` (default: every core), for training, evaluation and
     measurement alike; returns the count, which the records and the measure stage's key hold."""
     threads = suite.measurement.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     return threads
-
-
-class CellTimeout(Exception):
-    """A cell ran past `limits.cell_timeout_s`."""
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise CellTimeout in this (main) thread after `seconds`; a subprocess being waited for is killed by the
-    wait's own cleanup (subprocess.run, the torchrun launcher), so a cell over its limit stops, whatever it runs."""
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expire(signum: int, frame: Any) -> None:
-        raise CellTimeout(f"timeout after {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def run_suite(
@@ -292,37 +252,6 @@ def run_group(
         record.wall_s = seconds[cell.cell_id]
         out.append(record)
     return out
-
-
-def assemble_group(
-    done: list[tuple[Cell, CellRecord, CellStages, StageResult | Exception]],
-    suite: Suite,
-    evidence: EvidenceWriter,
-    seconds: dict[str, float],
-) -> dict[str, CellRecord]:
-    """The records of a group's cells whose stages but measurement ran, given each artifact's measurement (or the
-    exception that stopped it), by cell id; each compressed cell is compared with the uncompressed model on its
-    runtime. Adds the measurement's seconds to the first cell of each artifact in `seconds`. Both executors use it."""
-    uncompressed: dict[str, tuple[str, StageResult]] = {}  # runtime label -> the uncompressed model's measurement
-    for cell, _, _, result in done:
-        if not isinstance(result, Exception) and not is_compressed(cell):
-            uncompressed.setdefault(cell.runtime.label, (str(cell.cell_id), result))
-    records: dict[str, CellRecord] = {}
-    for cell, identity, stages, result in done:
-        try:
-            if isinstance(result, Exception):
-                raise result
-            twin = uncompressed.get(cell.runtime.label) if is_compressed(cell) else None
-            stages = dataclasses.replace(stages, measured=result, uncompressed=twin)
-            record = ok_record(identity, stages, suite.evaluation.budget, suite.gate.for_cell(cell))
-            evidence.write(record, stages)
-            if not result.cache_hit and result.key not in evidence.measured_seconds_counted:
-                seconds[cell.cell_id] = seconds.get(cell.cell_id, 0.0) + result.meta["seconds"]  # first cell only
-                evidence.measured_seconds_counted.add(result.key)
-        except Exception as exc:
-            record = failed_record(identity, exc)
-        records[cell.cell_id] = record
-    return records
 
 
 def model_files(suite: Suite) -> dict[str, dict[str, str]]:

@@ -93,8 +93,17 @@ def is_free(cell: Any) -> bool:
 
 
 def group_key(cell: Any) -> tuple[str, str, str]:
-    """What one training is keyed by in a shard's cache: (dataset, model, recipe) labels."""
+    """What the cells of one group share, and one training is keyed by: (dataset, model, recipe) labels."""
     return (cell.dataset.label, cell.model.label, cell.recipe.label)
+
+
+def groups_of(cells: Sequence[Any]) -> list[list[Any]]:
+    """Cells that share a trained model (dataset, model, recipe), in suite order: each group's artifacts are
+    measured together, interleaved; both executors run a suite group by group."""
+    groups: dict[tuple[str, str, str], list[Any]] = {}
+    for cell in cells:
+        groups.setdefault(group_key(cell), []).append(cell)
+    return list(groups.values())
 
 
 def artifact_key(cell: Any) -> tuple[str, str, str, str, str]:
