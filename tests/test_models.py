@@ -65,3 +65,22 @@ def test_torchvision_models_with_auxiliary_heads_train_on_one_output():
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     with_aux = build_registered_model("googlenet", {"kwargs": {"aux_logits": True}}, in_shape=(3, 32, 32))
     assert isinstance(with_aux.net.aux1, torch.nn.Module)  # what the user asks for still wins
+
+
+def test_simple_cnn_with_batchnorm_and_dropout_compresses_and_exports(tmp_path, capsys):
+    """The reference security baseline's CNN (3 conv with BatchNorm, 2 fc with dropout) through pruning, INT8 and
+    ONNX Runtime: every cell ok, BatchNorm folded or pruned with its convolution."""
+    net = build_registered_model("simple_cnn", {"width": 4, "batchnorm": True, "dropout": 0.5}, (1, 8, 8))
+    layers = [type(m).__name__ for m in net.modules()]
+    assert layers.count("BatchNorm2d") == 3 and layers.count("Dropout") == 1
+    suite = tiny_suite(
+        models=[{"name": "simple_cnn", "width": 4, "hidden": 16, "batchnorm": True, "dropout": 0.5}],
+        compressions=["none", {"name": "prune", "ratio": 0.3}, "int8"],
+        runtimes=["eager", "onnxruntime"],
+        attacks=["none"],
+    )
+    path = write_suite(tmp_path / "bn.yaml", suite)
+    code, out, _ = run_cli(
+        ["run", path, "--out", tmp_path / "run", "--cache", tmp_path / "cache", "--no-progress"], capsys
+    )
+    assert code == 0 and "6 ok, 0 skipped, 0 failed" in out
