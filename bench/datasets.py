@@ -21,6 +21,7 @@ from bench.config import check_range, parse_config
 from bench.errors import BenchInputError, ConfigError
 from bench.registry import Registry
 from bench.types import DataSplits
+from bench.userimport import resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ class VisionConfig(SplitConfig):
         super().__post_init__()
         if not self.root:
             raise ConfigError("root", "must be a non-empty path")
+        # relative to the suite's directory, as a checkpoint is: a suite reads the same data from any directory
+        self.root = str(resolve_path(self.root))
 
 
 # --- splitting -----------------------------------------------------------------------------------------------------
