@@ -127,6 +127,11 @@ def model_fingerprint(name: str, cfg: Any) -> dict[str, str]:
     return out
 
 
+def model_files(suite: Any) -> dict[str, dict[str, str]]:
+    """Each model of a suite's checkpoint and source hashes (`model_fingerprint`), by label."""
+    return {c.label: model_fingerprint(c.name, c.config) for c in suite.axes["model"]}
+
+
 AUX_LOGITS_MODELS = ("googlenet", "inception_v3")
 
 

@@ -84,6 +84,10 @@ class Pipeline:
         self._splits: dict[str, DataSplits] = {}
         self.current_cell: str | None = None
         self.node = platform.node()  # the machine that measures, recorded with its measurements
+        # model label -> its checkpoint and source hashes as the driver computed them (bench.models.
+        # model_fingerprint); empty: computed here. A worker's process may have loaded other modules of a user's
+        # package than the driver's, which would hash the source differently: the driver's hashes key the run.
+        self.fingerprints: dict[str, dict[str, str]] = {}
 
     # -- the generic stage: cache lookup, build in a staging folder, commit, log ------------------------------
 
@@ -191,7 +195,8 @@ class Pipeline:
 
         # the checkpoint's content, not its path, keys the stage: an overwritten file is a new model
         model = {k: v for k, v in cell.model.record().items() if k != "checkpoint"}
-        model.update(model_fingerprint(cell.model.name, cell.model.config))
+        fingerprint = self.fingerprints.get(cell.model.label)  # a Ray worker keys with the driver's (below)
+        model.update(fingerprint if fingerprint is not None else model_fingerprint(cell.model.name, cell.model.config))
         config = {"model": model, "recipe": cell.recipe.record(), "device": self.device}
         return self._stage("train", config, [data.key], build, load=_load_module)
 

@@ -46,6 +46,7 @@ from bench.bundles import Bundle, install, pack
 from bench.cache import StageCache, stage_key
 from bench.errors import BenchInputError
 from bench.matrix import Cell
+from bench.models import model_files
 from bench.parity import check_parity
 from bench.pipeline import Pipeline, StageResult
 from bench.record import CellRecord
@@ -86,6 +87,7 @@ class TaskContext:
     timeout: float | None
     driver_node: str  # tasks on the driver's node use the driver's cache: no copy on the same disk
     driver_cache: str
+    fingerprints: dict[str, dict[str, str]]  # model label -> the driver's checkpoint / source hashes
 
 
 # -- the worker side ------------------------------------------------------------------------------------------
@@ -138,6 +140,7 @@ def worker_pipeline(ctx: TaskContext, cache: StageCache, stages_log: Path) -> Pi
 
     pipeline = Pipeline(ctx.suite, cache, stages_log, ctx.device, task_threads(ctx), environment(), ctx.remeasure)
     pipeline.run_id = ctx.run_id  # remeasure keys are the driver's run's
+    pipeline.fingerprints = ctx.fingerprints  # and the model hashes in the train keys
     pipeline.node = node_label()
     return pipeline
 
@@ -245,6 +248,7 @@ class RayDriver:
             timeout=timeout,
             driver_node=ray.get_runtime_context().get_node_id(),
             driver_cache=str(self.cache.root),
+            fingerprints=model_files(pipeline.suite),
         )
         # a user's model code, imported by the driver from beside its suite, is importable in the workers too (the
         # folders it came from on their PYTHONPATH, through Ray's runtime environment)

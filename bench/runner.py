@@ -40,6 +40,7 @@ from bench.evidence import (
 from bench.gates import gate_counts
 from bench.invariants import run_invariants
 from bench.matrix import Cell, build_cells, select_shard
+from bench.models import model_files
 from bench.parity import check_parity
 from bench.pipeline import Pipeline, is_baseline
 from bench.preflight import check_suite
@@ -252,13 +253,6 @@ def run_group(
         record.wall_s = seconds[cell.cell_id]
         out.append(record)
     return out
-
-
-def model_files(suite: Suite) -> dict[str, dict[str, str]]:
-    """Each model's checkpoint and source hashes (bench.models.model_fingerprint), by label."""
-    from bench.models import model_fingerprint
-
-    return {c.label: model_fingerprint(c.name, c.config) for c in suite.axes["model"]}
 
 
 def suite_hash(suite: Suite) -> str:

@@ -20,6 +20,7 @@ from bench import jsonl
 from bench.compare import TOO_FEW
 from bench.evidence import pack_bits, unpack_bits
 from tests.conftest import run_cli, run_suite, tiny_suite
+from tests.report_fixtures import report_grid
 
 PROCESSES = 5  # pseudo-processes the planted tests split each artifact's samples into (Mann-Whitney p = 1/252)
 
@@ -299,8 +300,12 @@ def test_report_renders_compare_rows(runs: tuple[Path, Path], tmp_path: Path, ca
     code, _, _ = run_cli(["report", cand, "--baseline", runs[0], "-o", tmp_path / "r.html"], capsys)
     assert code == 0
     html = (tmp_path / "r.html").read_text()
-    assert "Comparison with baseline" in html and "-20.0 pts p&lt;0.001 regression" in html
-    assert 'class="num worse"' in html and "%</td>" not in html.split("Comparison with baseline")[1]
+    assert "Comparison with baseline" in html
+    grid = report_grid(html, "comparison")  # a paged, sortable grid: its rows travel as JSON in the page
+    cells = [c for row in grid["rows"] for c in row if isinstance(c, dict)]
+    regressed = [c for c in cells if c["t"] == "-20.0 pts p<0.001 regression"]
+    assert regressed and all("worse" in c.get("c", "").split() for c in regressed)  # the regressed metric in red
+    assert "failed" in grid["classes"]  # the regression row is marked
 
 
 def test_not_a_run_directory_is_bad_input(runs: tuple[Path, Path], tmp_path: Path, capsys) -> None:

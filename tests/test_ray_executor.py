@@ -8,6 +8,7 @@ The two-node cluster (separate caches, artifacts travelling) is tests/test_ray_c
 from __future__ import annotations
 
 import collections
+import importlib
 import json
 import os
 import signal
@@ -109,6 +110,9 @@ def dies_once(num_classes: int, in_shape: tuple[int, int, int], marker: str) -> 
 
 
 def test_a_worker_that_dies_is_retried_and_its_cells_recorded_once(local_ray: Any, tmp_path: Path) -> None:
+    # the driver has loaded a module of the model's package that no worker imports (as a full test run has): the
+    # workers must still key the stages with the driver's hash of the package's source
+    importlib.import_module("tests.fake_runs")
     marker = tmp_path / "died"
     data = tiny_suite(models=[{"name": "tests.test_ray_executor:dies_once", "kwargs": {"marker": str(marker)}}])
     code, got = run(tmp_path, data, "ray", "--executor", "ray")
