@@ -331,6 +331,24 @@ class Pipeline:
             raise result
         return result
 
+    # -- a cell's chain -------------------------------------------------------------------------------------------
+
+    def chain(self, cell: Cell, last: str = "evaluate") -> dict[str, StageResult]:
+        """The cell's stages data -> train -> compress -> export -> evaluate, in order, up to `last`, by kind:
+        the one sequence the local runner, the Ray workers and the key planner (bench.stage_graph) all follow."""
+        out = {"data": self.data(cell.dataset)}
+        steps = (
+            ("train", lambda: self.train(cell, out["data"])),
+            ("compress", lambda: self.compress(cell, out["data"], out["train"])),
+            ("export", lambda: self.export(cell, out["data"], out["compress"])),
+            ("evaluate", lambda: self.evaluate(cell, out["data"], out["compress"], out["export"])),
+        )
+        for kind, run in steps:
+            if last in out:
+                break
+            out[kind] = run()
+        return out
+
     # -- baseline ---------------------------------------------------------------------------------------------
 
     def baseline(self, cell: Cell, data: StageResult, trained: StageResult) -> StageResult:

@@ -162,7 +162,7 @@ def run_stage(ctx: TaskContext, node: StageNode, splits: Any, *inputs: Bundle | 
             pipeline = worker_pipeline(ctx, cache, stages_log)
             pipeline.use_datasets({node.cell.dataset.label: splits})
             pipeline.current_cell = node.cell.cell_id
-            result = run_chain(pipeline, node.cell, node.kind)
+            result = pipeline.chain(node.cell, node.kind)[node.kind]
             if result.key != node.key:
                 raise RuntimeError(
                     f"this node keys the {node.kind} stage {result.key}, the driver {node.key}: its harness or "
@@ -174,23 +174,6 @@ def run_stage(ctx: TaskContext, node: StageNode, splits: Any, *inputs: Bundle | 
             return bundle
     except Exception as exc:  # recorded as the cell's failure by the driver
         return failure_of(exc)
-
-
-def run_chain(pipeline: Pipeline, cell: Cell, last: str) -> StageResult:
-    """The cell's chain stages up to `last` (the ones before it are in the cache)."""
-    result = data = pipeline.data(cell.dataset)
-    if last == "data":
-        return result
-    result = trained = pipeline.train(cell, data)
-    if last == "train":
-        return result
-    result = compressed = pipeline.compress(cell, data, trained)
-    if last == "compress":
-        return result
-    result = exported = pipeline.export(cell, data, compressed)
-    if last == "export":
-        return result
-    return pipeline.evaluate(cell, data, compressed, exported)
 
 
 def measure_group(

@@ -82,11 +82,9 @@ def run_stages(cell: Cell, pipeline: Pipeline) -> CellStages:
 def prepare_stages(cell: Cell, pipeline: Pipeline) -> CellStages:
     """The stages of one cell but its measurement, in the order that keys and logs them, then the FP32 parity
     check: a runtime that computes another model's outputs fails the cell. `measured` is left None."""
-    data = pipeline.data(cell.dataset)
-    trained = pipeline.train(cell, data)
-    compressed = pipeline.compress(cell, data, trained)
-    exported = pipeline.export(cell, data, compressed)
-    evaluated = pipeline.evaluate(cell, data, compressed, exported)
+    stages = pipeline.chain(cell)
+    data, trained, compressed = stages["data"], stages["train"], stages["compress"]
+    exported, evaluated = stages["export"], stages["evaluate"]
     baseline = pipeline.baseline(cell, data, trained) if not is_baseline(cell) else evaluated
     if not compressed.meta.get("lowering"):
         check_parity(cell, evaluated.meta["agreement"])

@@ -66,12 +66,7 @@ class KeyPlanner(Pipeline):
 
 def chain_keys(planner: KeyPlanner, cell: Cell) -> dict[str, str]:
     """The key of each chain stage of `cell`, in order."""
-    data = planner.data(cell.dataset)
-    trained = planner.train(cell, data)
-    compressed = planner.compress(cell, data, trained)
-    exported = planner.export(cell, data, compressed)
-    evaluated = planner.evaluate(cell, data, compressed, exported)
-    return {r.kind: r.key for r in (data, trained, compressed, exported, evaluated)}
+    return {kind: result.key for kind, result in planner.chain(cell).items()}
 
 
 def baseline_cell(cell: Cell) -> Cell:
