@@ -17,6 +17,7 @@ import datetime
 import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,6 +35,11 @@ from bench.config import parse_config
 from bench.userimport import subprocess_env
 
 LOG_TAIL_CHARS = 4000  # how much of the workers' output a failure message quotes
+# A launch that failed before any rank trained: the rendezvous port was taken between torchrun picking it and
+# binding it (other local services, a Ray node among them, bind ephemeral ports too). Such a launch is tried again
+# once; a rank's own error is never retried.
+LAUNCH_RACE = re.compile(r"EADDRINUSE|address already in use|failed to listen on any local network address", re.I)
+RANK_ERROR = re.compile(r"^\[rank\d+\]:\s*((?:\w+\.)*\w*(?:Error|Exception|Interrupt)\b.*)$")
 PG_TIMEOUT_S = 1800  # process-group timeout of a collective, unless the spec sets `pg_timeout_s`
 
 Worker = Callable[[dict[str, Any]], None]
@@ -52,8 +58,9 @@ def worker_env(nproc: int) -> dict[str, str]:
 def torchrun(nproc: int, spec: dict[str, Any], workdir: Path, *, what: str, timeout_s: float | None = None) -> float:
     """Run `spec["worker"]` on `nproc` local ranks through torchrun; return the wall seconds.
 
-    The spec goes to `workdir/spec.json`; the workers' output to `workdir/torchrun.log`, whose tail a failure
-    (RuntimeError) quotes. On a timeout or an interrupt the launcher's whole process group is stopped.
+    The spec goes to `workdir/spec.json`; the workers' output to `workdir/torchrun.log`, whose first rank error and
+    tail a failure (RuntimeError) quotes. On a timeout or an interrupt the launcher's whole process group is
+    stopped. A launch that lost its rendezvous port to another process (LAUNCH_RACE) is started once more.
     """
     spec_path = (workdir / "spec.json").resolve()  # absolute: the ranks start in workdir
     spec_path.write_text(json.dumps(spec))
@@ -61,6 +68,23 @@ def torchrun(nproc: int, spec: dict[str, Any], workdir: Path, *, what: str, time
     cmd += ["-m", "bench.launch", str(spec_path)]
     log_path = workdir / "torchrun.log"
     start = time.perf_counter()
+    for attempt in (1, 2):
+        code = _launch(cmd, workdir, log_path, nproc, timeout_s)
+        log = log_path.read_text(errors="replace")
+        if code == 0 or code is None or attempt == 2 or not LAUNCH_RACE.search(log):
+            break
+    seconds = time.perf_counter() - start
+    if code != 0:
+        why = f"timed out after {timeout_s:g} s" if code is None else f"exited with {code}"
+        raise RuntimeError(
+            f"{what}: torchrun ({nproc} processes) {why}: {first_rank_error(log)}; its output ends:\n"
+            f"{log[-LOG_TAIL_CHARS:]}"
+        )
+    return seconds
+
+
+def _launch(cmd: list[str], workdir: Path, log_path: Path, nproc: int, timeout_s: float | None) -> int | None:
+    """One torchrun launch, its output to `log_path`: its exit code, or None when it ran past `timeout_s`."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             # started in the work folder: `-m` puts the working directory first on the ranks' import path, and a
@@ -73,19 +97,25 @@ def torchrun(nproc: int, spec: dict[str, Any], workdir: Path, *, what: str, time
             cwd=workdir,
         )
         try:
-            code = proc.wait(timeout=timeout_s)
+            return proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            code = None
+            return None
         finally:
             if proc.poll() is None:  # timed out or interrupted: stop the launcher and its workers
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    seconds = time.perf_counter() - start
-    if code != 0:
-        tail = log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
-        why = f"timed out after {timeout_s:g} s" if code is None else f"exited with {code}"
-        raise RuntimeError(f"{what}: torchrun ({nproc} processes) {why}; its output ends:\n{tail}")
-    return seconds
+
+
+def first_rank_error(log: str) -> str:
+    """The line that says why the launch failed, for the one-line summary of a failed cell: the first exception a
+    rank printed (torchrun prefixes a rank's lines with `[rankN]:`), else the log's last line of words (torchrun's
+    own report ends in a rule of `=`), else "no output"."""
+    for line in log.splitlines():
+        match = RANK_ERROR.match(line.strip())
+        if match:
+            return match.group(1)
+    lines = [line.strip() for line in log.splitlines() if line.strip().strip("=-")]
+    return lines[-1] if lines else "no output"
 
 
 def run_workers(

@@ -203,6 +203,53 @@ def test_worker_env_reaches_user_modules_and_splits_the_cores(tmp_path, monkeypa
     assert launch.worker_env(2)["OMP_NUM_THREADS"] == "3"  # the caller's choice stands
 
 
+RANK_FAILURE_LOG = """\
+[rank1]: Traceback (most recent call last):
+[rank1]:     raise ValueError("shapes (3, 4) and (5, 6)")
+[rank1]: ValueError: shapes (3, 4) and (5, 6)
+[rank0]: RuntimeError: [gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:51428.
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+"""
+
+
+def _fake_launches(monkeypatch, outcomes):
+    """Replace the torchrun process by `outcomes`, a list of (exit code, log text) taken one per launch."""
+    calls = []
+
+    def fake(cmd, workdir, log_path, nproc, timeout_s):
+        code, text = outcomes[len(calls)]
+        calls.append(code)
+        log_path.write_text(text)
+        return code
+
+    monkeypatch.setattr(launch, "_launch", fake)
+    return calls
+
+
+def test_a_failed_launch_names_the_first_rank_error_in_its_first_line(tmp_path, monkeypatch):
+    calls = _fake_launches(monkeypatch, [(1, RANK_FAILURE_LOG), (0, "")])
+    with pytest.raises(RuntimeError) as err:
+        launch.torchrun(2, {"worker": "x:y"}, tmp_path, what="ddp")
+    first_line = str(err.value).splitlines()[0]
+    expected = "ddp: torchrun (2 processes) exited with 1: ValueError: shapes (3, 4) and (5, 6); its output ends:"
+    assert first_line == expected
+    assert calls == [1]  # a rank's own error is not retried
+    assert launch.first_rank_error("") == "no output"
+    assert launch.first_rank_error("W1123 agent lost\n=====\n") == "W1123 agent lost"
+
+
+def test_a_launch_that_lost_its_port_is_started_once_more(tmp_path, monkeypatch):
+    taken = "torch.distributed.DistNetworkError: The server socket has failed to listen on any local network address."
+    calls = _fake_launches(monkeypatch, [(1, taken), (0, "")])
+    assert launch.torchrun(2, {"worker": "x:y"}, tmp_path, what="ddp") >= 0
+    assert calls == [1, 0]
+    calls = _fake_launches(monkeypatch, [(1, taken + " EADDRINUSE"), (1, taken)])
+    with pytest.raises(RuntimeError, match=r"exited with 1: torch\.distributed\.DistNetworkError"):
+        launch.torchrun(2, {"worker": "x:y"}, tmp_path, what="ddp")
+    assert calls == [1, 1]  # once more, not forever
+
+
 # --- fedavg --------------------------------------------------------------------------------------------------------
 
 FED = {**ADAMW, "rounds": 5, "clients": 4}
