@@ -82,6 +82,8 @@ class Pipeline:
         self.run_id = f"{time.time_ns()}-{os.getpid()}"  # makes `remeasure` keys unique to this run
         self._memo: dict[tuple[str, str], StageResult] = {}
         self._splits: dict[str, DataSplits] = {}
+        self._evaluate_keys: dict[tuple[str, ...], str] = {}  # memo of evaluate_key
+        self._sweeps: dict[str, list[tuple[float, Choice]]] | None = None  # eps sweeps of the suite's attacks
         self.current_cell: str | None = None
         self.node = platform.node()  # the machine that measures, recorded with its measurements
         # model label -> its checkpoint and source hashes as the driver computed them (bench.models.
@@ -361,9 +363,17 @@ class Pipeline:
     # -- evaluate ---------------------------------------------------------------------------------------------
 
     def evaluate(self, cell: Cell, data: StageResult, compressed: StageResult, exported: StageResult) -> StageResult:
+        """The cell's attack on the exported artifact. In an eps sweep (`previous_eps`), the stage continues the same
+        attack's stage at the next-smaller eps on the same artifact: that stage's key is among this one's inputs, and
+        it is taken from the cache (or run first) only when this stage has to be built."""
         attack = registry("attack").get(cell.attack.name).obj(cell.attack.config)
+        before = self.previous_eps(cell)
 
         def build(staging: Path) -> dict[str, Any]:
+            previous = None
+            if before is not None:
+                previous = load_sweep_state(self.evaluate(before, data, compressed, exported).path)
+            start = time.perf_counter()  # this stage's own time, without the smaller eps's
             outcome = evaluate(
                 exported.value,
                 compressed.value.model,
@@ -374,12 +384,78 @@ class Pipeline:
                 device=self.device,
                 lowering=compressed.value.lowering,
                 attack_name=cell.attack.name,
+                previous=previous,
             )
             torch.save(outcome.pop("per_sample"), staging / "per_sample.pt")
-            return outcome
+            sweep_state = outcome.pop("sweep_state")
+            if sweep_state is not None:
+                torch.save(sweep_state, staging / SWEEP_STATE)
+            return outcome | {"seconds": time.perf_counter() - start}
 
+        config, inputs = self._evaluate_plan(cell, data, compressed, exported)
+        return self._stage("evaluate", config, inputs, build)
+
+    def _evaluate_plan(
+        self, cell: Cell, data: StageResult, compressed: StageResult, exported: StageResult
+    ) -> tuple[dict[str, Any], list[str]]:
         config = {"attack": cell.attack.record(), "evaluation": to_dict(self.suite.evaluation), "seed": self.suite.seed}
-        return self._stage("evaluate", config, [exported.key, compressed.key, data.key], build)
+        inputs = [exported.key, compressed.key, data.key]
+        before = self.previous_eps(cell)
+        if before is not None:
+            inputs.append(self.evaluate_key(before, data, compressed, exported))
+        return config, inputs
+
+    def evaluate_key(self, cell: Cell, data: StageResult, compressed: StageResult, exported: StageResult) -> str:
+        """The key of `cell`'s evaluate stage, without running it (memoised: a sweep's keys chain)."""
+        memo = (json.dumps(cell.attack.record(), sort_keys=True, default=str), exported.key, compressed.key, data.key)
+        if memo not in self._evaluate_keys:
+            config, inputs = self._evaluate_plan(cell, data, compressed, exported)
+            self._evaluate_keys[memo] = stage_key("evaluate", config, inputs)
+        return self._evaluate_keys[memo]
+
+    def previous_eps(self, cell: Cell) -> Cell | None:
+        """In an eps sweep, `cell` with its attack at the next-smaller eps; None when it is not part of one.
+
+        A sweep is the suite's entries of one `gradient` attack whose config is an eps-ball (bench.attacks.LinfConfig,
+        any norm) and whose other parameters are all equal (`{name: pgd, eps: [0.05, 0.1]}` expands to two of
+        them; separate entries with equal parameters join the same sweep)."""
+        family, eps = _sweep_family(cell.attack)
+        if family is None:
+            return None
+        if self._sweeps is None:
+            self._sweeps = {}
+            for choice in self.suite.choices("attack"):
+                fam, e = _sweep_family(choice)
+                if fam is not None:
+                    self._sweeps.setdefault(fam, []).append((e, choice))
+        smaller = [(e, choice) for e, choice in self._sweeps.get(family, []) if e < eps]
+        if not smaller:
+            return None
+        best = max(e for e, _ in smaller)
+        choice = next(choice for e, choice in smaller if e == best)
+        return dataclasses.replace(cell, attack=choice)
+
+
+SWEEP_STATE = "sweep_state.pt"  # an evaluate stage's survivors and their adversarial points, for the next eps
+
+
+def load_sweep_state(path: Path) -> dict[str, Any]:
+    """What the next eps of a sweep continues from: the stage's per-sample robust flags and its sweep state."""
+    state = torch.load(path / SWEEP_STATE, weights_only=True)
+    per_sample = torch.load(path / "per_sample.pt", weights_only=True)
+    return state | {"robust_correct": per_sample["robust_correct"]}
+
+
+def _sweep_family(attack: Choice) -> tuple[str | None, float]:
+    """(what identifies the attack's eps sweep, its eps); (None, 0) for an attack that cannot be part of one."""
+    from bench.attacks import LinfConfig
+
+    if attack.steps or not isinstance(attack.config, LinfConfig):
+        return None, 0.0
+    if registry("attack").get(attack.name).capabilities.get("kind") != "gradient":
+        return None, 0.0
+    record = {k: v for k, v in attack.record().items() if k != "eps"}
+    return json.dumps(record, sort_keys=True, default=str), float(attack.config.eps)
 
 
 BASELINE_COMPRESSION = Choice("compression", "none", "none", NoConfig())

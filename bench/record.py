@@ -153,6 +153,9 @@ class LatencyStats(JsonObject):
     """Latency of one batch size in ms (bench.measure.latency.summarize), without the worker's warm-up details."""
 
     p50: float | None = None
+    # the p50's 95% confidence interval [lo, hi] over the pooled samples: order statistics, distribution-free (None
+    # under 6 samples, and in records made before it)
+    p50_ci: list[float] | None = None
     p90: float | None = None
     p95: float | None = None
     p99: float | None = None
@@ -166,7 +169,7 @@ class LatencyStats(JsonObject):
     wall_p50: float | None = None  # CUDA only: host wall time beside the CUDA-event p50
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"wall_p50"})
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"wall_p50", "p50_ci"})
 
 
 @dataclasses.dataclass

@@ -5,6 +5,10 @@ The keys are the pipeline's own (bench.pipeline.Pipeline): `KeyPlanner` is a Pip
 key and return without building or loading anything, so a key computed here is the key a stage run anywhere
 commits under. Cells that share a prefix share its nodes: one node per unique (kind, key), whatever the number
 of cells that need it.
+
+In an eps sweep (bench.pipeline.Pipeline.previous_eps) the evaluate stage of each eps after the smallest continues
+the next-smaller eps's evaluate stage on the same artifact: that stage is a node of its own (planned even when no
+cell of the run names it), and the larger eps's evaluate node needs it, so a task gets it installed, not rebuilt.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ NodeId = tuple[str, str]  # (kind, key)
 @dataclasses.dataclass(frozen=True)
 class StageNode:
     """One unique stage: `cell` is a cell whose pipeline calls reach it (the baseline's twin cell for the
-    uncompressed eager evaluation), `needs` the nodes before it in the chain, in order."""
+    uncompressed eager evaluation), `needs` the nodes before it in the chain, in order, and for the evaluate
+    stage of an eps sweep's larger eps, last, the smaller eps's evaluate node."""
 
     kind: str
     key: str
@@ -82,7 +87,13 @@ def plan_cells(planner: KeyPlanner, cells: list[Cell]) -> tuple[dict[NodeId, Sta
         keys = chain_keys(planner, cell)
         ids = [(kind, keys[kind]) for kind in CHAIN]
         for i, node_id in enumerate(ids):
-            nodes.setdefault(node_id, StageNode(node_id[0], node_id[1], cell, tuple(ids[:i])))
+            if node_id in nodes:
+                continue
+            needs = tuple(ids[:i])
+            before = planner.previous_eps(cell) if node_id[0] == "evaluate" else None
+            if before is not None:  # an eps sweep: the smaller eps's evaluation first (planned once)
+                needs += (add(before)["evaluate"],)
+            nodes[node_id] = StageNode(node_id[0], node_id[1], cell, needs)
         return dict(zip(CHAIN, ids, strict=True))
 
     plans = []

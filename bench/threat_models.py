@@ -47,6 +47,36 @@ def frozen(model: nn.Module, device: str) -> nn.Module:
     return model
 
 
+class ChannelsLast(nn.Module):
+    """A copy of a convolutional model whose weights and inputs are in the channels-last memory layout: the same
+    function (the same weights; floating-point rounding aside), whose convolutions run about 1.2x faster on CPU
+    (oneDNN); input gradients come back in the caller's layout."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        import copy
+
+        self.model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
+def fast_layout(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """`model` in the channels-last layout (ChannelsLast) where it has 2-D convolutions, takes 4-D inputs and
+    computes the same logits on `example` that way (a model that `view`s its activations may refuse the layout);
+    otherwise `model` itself. For crafting only: adversarial inputs are always scored on the deployed predictor."""
+    if example.dim() != 4 or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return model
+    try:
+        fast = ChannelsLast(model)
+        with torch.no_grad():
+            same = torch.allclose(fast(example), model(example), rtol=1e-4, atol=1e-4)
+    except Exception:  # the model's own code does not take the layout: craft on it as it is
+        return model
+    return fast if same else model
+
+
 def crafting_sources(
     member: AttackMember,
     predictor: Any,
@@ -58,9 +88,11 @@ def crafting_sources(
     """(threat model, [(surrogate name, model to craft on)]) for one attack on one deployed predictor."""
     if member.kind == "query":
         return "black-box", [("deployed predictor (queries only)", predictor)]
+    example = calib_x[:8].to(device)
     if predictor.module is not None:
-        return "white-box", [("deployed model", frozen(predictor.module, device))]
-    sources = [("float eager twin", frozen(float_twin, device))]
+        return "white-box", [("deployed model", fast_layout(frozen(predictor.module, device), example))]
+    sources = [("float eager twin", fast_layout(frozen(float_twin, device), example))]
     if lowering is not None and lowering.kind == "int8":
-        sources.append(("straight-through fake-quant twin", frozen(straight_through_twin(float_twin, calib_x), device)))
+        twin = frozen(straight_through_twin(float_twin, calib_x), device)
+        sources.append(("straight-through fake-quant twin", fast_layout(twin, example)))
     return "transfer", sources

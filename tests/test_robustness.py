@@ -3,11 +3,17 @@ and determinism of a re-run."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
+import torch
 
 from bench import jsonl
+from bench.cache import StageCache
+from bench.matrix import build_cells
+from bench.stage_graph import KeyPlanner, plan_cells
+from bench.suite import load_suite
 from tests.conftest import run_cli, run_suite_for_module
 
 SUITE = {
@@ -24,7 +30,7 @@ SUITE = {
     "runtimes": ["eager", {"name": "onnxruntime", "exporter": "torchscript"}],
     "attacks": [
         {"name": "fgsm", "eps": [0.0, 0.1]},
-        {"name": "pgd", "eps": 0.1, "steps": 5},
+        {"name": "pgd", "eps": [0.05, 0.1, 0.2], "steps": 5},  # an eps sweep: each eps continues the smaller
         {"name": "square", "eps": 0.1, "queries": 200},
         {
             "name": "worst_case",
@@ -121,6 +127,32 @@ def test_gradient_masked_model_is_flagged(run):
     assert "digits/tests.conftest:rounded_net/standard/none/eager" in flagged
     assert not any("simple_cnn" in a for a in flagged)
     assert records["simple_cnn/standard/none/eager/pgd-0.1"]["checks"]["pgd: non-zero input gradients"]["ok"]
+
+
+def test_eps_sweep_stages_continue_the_smaller_eps(run, tmp_path):
+    root, suite_file, records = run
+    sweep = ("pgd-0.05", "pgd-0.1", "pgd-0.2")
+    for target in TARGETS:
+        stages = [
+            root / "cache" / "evaluate" / records[f"{UNDEFENDED}/{target}/{a}"]["stages"]["evaluate"] for a in sweep
+        ]
+        metas = [json.loads((stage / "meta.json").read_text()) for stage in stages]
+        assert "sweep" not in metas[0]
+        assert [m["sweep"]["from_eps"] for m in metas[1:]] == [0.05, 0.1], target
+        assert all(m["sweep"]["warm_start"] for m in metas[1:] if m["sweep"]["broken_before"] < m["n_eval"])
+        flags = [torch.load(stage / "per_sample.pt", weights_only=True)["robust_correct"] for stage in stages]
+        assert not any(bool((larger & ~smaller).any()) for smaller, larger in itertools.pairwise(flags))
+    # the stage graph (Ray executor): the larger eps's evaluate node needs the smaller eps's, with the run's keys
+    suite = load_suite(suite_file)
+    cells = [c for c in build_cells(suite, "cpu") if not c.skip_reason]
+    planner = KeyPlanner(suite, StageCache(tmp_path / "cache"), tmp_path / "stages.jsonl", "cpu", 1, {})
+    nodes, plans = plan_cells(planner, cells)
+    evaluate_node = {p.cell.cell_id: p.nodes["evaluate"] for p in plans}
+    for target in TARGETS:
+        ids = [evaluate_node[f"{UNDEFENDED}/{target}/{a}"] for a in sweep]
+        assert [key for _, key in ids] == [records[f"{UNDEFENDED}/{target}/{a}"]["stages"]["evaluate"] for a in sweep]
+        assert ids[0] not in nodes[ids[2]].needs and nodes[ids[2]].needs[-1] == ids[1]  # the next-smaller eps only
+        assert nodes[ids[1]].needs[-1] == ids[0] and nodes[ids[1]].needs[:4] == nodes[ids[0]].needs[:4]
 
 
 @pytest.mark.slow

@@ -14,6 +14,13 @@ The record always names which threat model produced the number (bench.threat_mod
 
 The threat model's ball is `attack.norm` ("Linf" or "L2", from the config's `norm` where it has one) and
 `attack.eps`, both in [0, 1] pixel space.
+
+Two optional parts of the protocol let the harness save work (bench.evaluate):
+- `warm_starts = True`: `perturb` takes `start=` (points of the eps-ball, one per sample) and begins there instead
+  of at its own start; an eps sweep starts each larger eps from the smaller eps's adversarial points.
+- `last_zero_gradient`: after `perturb`, a gradient attack may leave the per-sample flags "the input gradient of its
+  first step was all zero" here, which the harness's gradient-masking check reads instead of taking a gradient of
+  its own (None: the harness takes one).
 """
 
 from __future__ import annotations
@@ -61,9 +68,11 @@ class Attack:
     """
 
     norm_default: ClassVar[str] = "Linf"
+    warm_starts: ClassVar[bool] = False  # perturb(..., start=) begins at given points of the ball
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
+        self.last_zero_gradient: torch.Tensor | None = None  # per sample of the last batch, where the attack knows
 
     @property
     def eps(self) -> float:
@@ -83,6 +92,24 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
     loss = nn.functional.cross_entropy(model(x), y, reduction="sum")
     (grad,) = torch.autograd.grad(loss, x)
     return grad.detach()
+
+
+def logits_and_gradient(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Callable[..., torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(per-sample loss, logits, d sum(loss) / dx) from one forward and one backward pass; the loss is the
+    cross-entropy unless `loss(logits, y)` (per sample) is given. Each sample's gradient is independent of the batch."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        per_sample = loss(logits, y) if loss else nn.functional.cross_entropy(logits, y, reduction="none")
+        (grad,) = torch.autograd.grad(per_sample.sum(), x)
+    return per_sample.detach(), logits.detach(), grad.detach()
+
+
+def zero_gradient(grad: torch.Tensor) -> torch.Tensor:
+    """Per sample: is the input gradient exactly zero everywhere (a white-box attack is blind there)."""
+    return grad.flatten(1).abs().amax(1) == 0
 
 
 def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

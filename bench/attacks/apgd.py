@@ -19,6 +19,7 @@ loss is the cross-entropy (APGD-CE) or the paper's Difference of Logits Ratio (A
 DLR = -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3), z_pi sorted decreasingly (needs >= 3 classes). Restarts start
 at fresh random points (uniform in the Linf cube; uniform direction and radius in [0, eps] for L2) and attack only
 the samples still unbroken. Returns, per sample, the first misclassified point found, else the highest-loss one.
+`start=` (an eps sweep's warm start, see bench.evaluate) replaces the random start of the first run.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.attacks import ATTACKS, Attack, LinfConfig, margin, project, random_start, steepest_step
+from bench.attacks import ATTACKS, Attack, LinfConfig, margin, project, random_start, steepest_step, zero_gradient
 from bench.config import check_range
 from bench.errors import SkipCell
 
@@ -71,6 +72,8 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class APGD(Attack):
     """Auto-PGD (AutoAttack's APGD-CE / APGD-DLR): step-size free PGD with momentum, Linf or L2."""
 
+    warm_starts = True
+
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.cfg.loss == "dlr":
             if logits.shape[1] < 3:
@@ -94,9 +97,9 @@ class APGD(Attack):
         return loss.detach(), logits.detach(), grad.detach()
 
     def _run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_cur: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One run from a random start: (x_out, best loss, broken) per sample."""
+        """One run from `x_cur` (a point of the ball per sample): (x_out, best loss, broken) per sample."""
         eps, norm, steps = self.eps, self.norm, self.cfg.steps
         ckpts = set(checkpoints(steps))
         n = len(x)
@@ -104,8 +107,9 @@ class APGD(Attack):
         loss_out = torch.full((n,), float("-inf"), device=x.device)
         broken = torch.zeros(n, dtype=torch.bool, device=x.device)
 
-        x_cur = random_start(x, eps, norm, generator)
         loss_cur, logits, grad = self._evaluate(model, x_cur, y, need_grad=True)
+        if self.last_zero_gradient is None:
+            self.last_zero_gradient = zero_gradient(grad)
         # the state of the samples still in the batch (unbroken), row i being sample `act[i]`
         s = {
             "act": torch.arange(n, device=x.device),
@@ -168,15 +172,25 @@ class APGD(Attack):
         x_out[idx], loss_out[idx] = s["x_max"], s["loss_max"]
         return x_out.detach(), loss_out, broken
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def perturb(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator,
+        start: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        self.last_zero_gradient = None
         if self.eps == 0 or len(x) == 0:
             return x.clone()
-        x_out, loss_best, broken = self._run(model, x, y, generator)
+        eps, norm = self.eps, self.norm
+        x_start = project(start, x, eps, norm) if start is not None else random_start(x, eps, norm, generator)
+        x_out, loss_best, broken = self._run(model, x, y, x_start)
         for _ in range(self.cfg.restarts - 1):
             idx = (~broken).nonzero().flatten()
             if len(idx) == 0:
                 break
-            cand, cand_loss, cand_broken = self._run(model, x[idx], y[idx], generator)
+            cand, cand_loss, cand_broken = self._run(model, x[idx], y[idx], random_start(x[idx], eps, norm, generator))
             take = cand_broken | (cand_loss > loss_best[idx])
             x_out[idx[take]], loss_best[idx[take]] = cand[take], cand_loss[take]
             broken[idx[cand_broken]] = True

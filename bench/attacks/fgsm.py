@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from bench.attacks import ATTACKS, Attack, LinfConfig, input_gradient, steepest_step
+from bench.attacks import ATTACKS, Attack, LinfConfig, input_gradient, steepest_step, zero_gradient
 
 
 @dataclasses.dataclass
@@ -28,4 +28,5 @@ class FGSM(Attack):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         grad = input_gradient(model, x, y)
+        self.last_zero_gradient = zero_gradient(grad)
         return (x + self.eps * steepest_step(grad, self.norm)).clamp(0, 1).detach()

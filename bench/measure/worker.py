@@ -9,6 +9,7 @@ times the load as a deployment would see it. ONNX artifacts are opened without i
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import sys
 import time
@@ -46,6 +47,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     rng = np.random.default_rng(spec.get("seed", 0))
     shape = tuple(spec["input_shape"])
     result: dict[str, Any] = {}
+    marks = [("start", time.perf_counter())]  # the phases' ends, for `phases_s`: where a process's time went
     # The runtime first, with no model (imports, thread pools, allocator, device context, as the opener's
     # `warms_up` says): the RSS then is the baseline of the model's own share, `model_memory_mb`. For an eager
     # 90k-parameter CNN the process peak is ~550 MB, nearly all of it `import torch`.
@@ -71,7 +73,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         profile = dataclasses.replace(profile, warmup_iterations=session.min_warmup_iterations)
     inputs = {b: session.prepare(rng.random((b, *shape), dtype=np.float32)) for b in batch_sizes}
     largest = max(batch_sizes)
+    marks.append(("load", time.perf_counter()))
     reference = reference_ms(rng)
+    marks.append(("reference", time.perf_counter()))
 
     t0 = time.perf_counter()
     session.run(inputs[batch_sizes[0]])
@@ -85,6 +89,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         torch.cuda.reset_peak_memory_stats()
+    marks.append(("first_call", time.perf_counter()))
     with PeakRSS() as peak:
         for _ in range(max(3, profile.min_iterations // 4) if spec.get("memory", True) else 0):
             session.run(inputs[largest])
@@ -100,18 +105,20 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
     latency: dict[str, Any] = {}
     raw: dict[str, list[float]] = {}
+    marks.append(("memory", time.perf_counter()))
     for b in batch_sizes:
         x = inputs[b]
         if cuda:  # CUDA events time the device; the host wall time (synchronised) is kept beside it
-            samples, wall, warmup_s = time_calls_cuda(lambda x=x: session.run(x), profile)
+            samples, wall, warmup_s, stop = time_calls_cuda(lambda x=x: session.run(x), profile)
             latency[str(b)] = summarize(samples) | {
                 "warmup_s": warmup_s,
                 "timer": "cuda_events",
+                "stop": stop,
                 "wall_p50": summarize(wall)["p50"],
             }
         else:
-            samples, warmup_s = time_calls(lambda x=x: session.run(x), session.sync, profile)
-            latency[str(b)] = summarize(samples) | {"warmup_s": warmup_s, "timer": "perf_counter"}
+            samples, warmup_s, stop = time_calls(lambda x=x: session.run(x), session.sync, profile)
+            latency[str(b)] = summarize(samples) | {"warmup_s": warmup_s, "timer": "perf_counter", "stop": stop}
         raw[str(b)] = samples
     result["latency_ms"] = latency
     result["samples_ms"] = raw
@@ -120,7 +127,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     result["throughput_batch"] = largest
     # The fastest of the reference calls before and after the timed ones: stalls (another process taking a core from
     # a spinning thread pool: 0.2 ms became 13 ms here) only ever add time, so the minimum tracks the machine's speed.
+    marks.append(("latency", time.perf_counter()))
     result["reference_ms"] = float(min(reference + reference_ms(rng)))
+    marks.append(("reference_2", time.perf_counter()))
+    result["phases_s"] = {name: end - begin for (_, begin), (name, end) in itertools.pairwise(marks)}
     result.update(session.details())
     del runtime  # held until here: what the runtime's warm-up keeps alive belongs to the baseline
     return result

@@ -226,7 +226,7 @@ def fgsm_augment(model: nn.Module, data: DataSplits, cfg: FGSMAugmentConfig, *, 
 def fgsm_rs(model: nn.Module, data: DataSplits, cfg: FGSMRSConfig, *, seed: int, device: str) -> TrainCost:
     """Fast adversarial training: FGSM from a random start (Wong et al. 2020), with a catastrophic-overfitting guard."""
     step = cfg.alpha if cfg.alpha is not None else 1.25 * cfg.eps
-    attack = make_attack("pgd", eps=cfg.eps, alpha=step, steps=1, random_start=True)
+    attack = make_attack("pgd", eps=cfg.eps, alpha=step, steps=1, random_start=True, early_stop=False)
     gen = torch.Generator().manual_seed(seed)
 
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -252,7 +252,7 @@ def fgsm_rs(model: nn.Module, data: DataSplits, cfg: FGSMRSConfig, *, seed: int,
 @RECIPES.register("pgd_at", config=PGDATConfig)
 def pgd_at(model: nn.Module, data: DataSplits, cfg: PGDATConfig, *, seed: int, device: str) -> TrainCost:
     """PGD adversarial training (Madry et al. 2018): CE on PGD inputs with a random start."""
-    attack = make_attack("pgd", eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_start=True)
+    attack = make_attack("pgd", eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_start=True, early_stop=False)
     gen = torch.Generator().manual_seed(seed)
 
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
