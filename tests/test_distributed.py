@@ -394,6 +394,10 @@ def test_fedavg_runs_any_recipe_as_the_local_step(data):
         ({"update_compression": "fp16"}, "update_compression"),
         ({"mode": "mpi"}, "mode"),
         ({"lr": 0.0}, "lr"),
+        ({"round_attack": {"eps": -0.1}}, "round_attack.eps"),
+        ({"round_attack": {"epsilon": 0.1}}, "round_attack.epsilon"),
+        ({"round_attack": 0.3}, "round_attack"),
+        ({"keep": "first"}, "keep"),
     ],
 )
 def test_fedavg_bad_config_names_the_field(params, field):

@@ -291,6 +291,30 @@ def test_fedavg_round_evaluation_changes_no_weight(digits: Any) -> None:
     assert cost.extra["round_loss"] == bare.extra["round_loss"]
 
 
+@pytest.mark.parametrize("eps", [0.1, 0.6])  # 0.6: no round's model is robust, and the earliest tie is kept
+def test_fedavg_keeps_the_round_with_the_best_robust_accuracy(digits: Any, eps: float) -> None:
+    """`round_attack` scores each round's global model under PGD on the calibration split; `keep: best` ends with
+    the model of the best round, and the record names it."""
+    from bench.attacks.pgd import PGD, PGDConfig
+    from bench.recipes.federated import held_out_robust_accuracy
+
+    pgd = {"eps": eps, "alpha": eps / 5, "steps": 5}
+    params = {"rounds": 4, "clients": 2, "round_attack": pgd}
+    last, last_cost = _fedavg(digits, **params)
+    best, cost = _fedavg(digits, keep="best", **params)
+    robust, clean = cost.extra["round_robust_accuracy"], cost.extra["round_accuracy"]
+    assert len(robust) == len(clean) == 4 and all(0 <= r <= c for r, c in zip(robust, clean, strict=True))
+    assert robust == last_cost.extra["round_robust_accuracy"]  # the same rounds: scoring changes nothing
+    kept = cost.extra["kept_round"]
+    assert kept == robust.index(max(robust)) + 1 and last_cost.extra["kept_round"] == 4
+    attack = PGD(PGDConfig(**pgd))
+    final = held_out_robust_accuracy(best, digits.x_calib, digits.y_calib, attack, 0, "cpu")
+    assert round(final, 4) == robust[kept - 1]  # the model it ends with is that round's
+    if kept != 4:
+        pairs = zip(best.state_dict().values(), last.state_dict().values(), strict=True)
+        assert any(not torch.equal(a, b) for a, b in pairs)
+
+
 def test_fedavg_torchrun_records_the_same_rounds(digits: Any) -> None:
     """The torchrun ranks carry the calibration split: rank 0 scores the global model as the simulation does."""
     import dataclasses

@@ -19,7 +19,12 @@ tensor symmetrically (int8 values + one float32 scale). No error feedback: what 
 
 After each round the global model's accuracy on the calibration split (held out from training and from the eval
 split; at most ROUND_EVAL_SAMPLES samples, one forward pass in eval mode that changes neither the weights nor the
-random streams) is recorded as `round_accuracy`, with the bytes each client sent and received in that round.
+random streams) is recorded as `round_accuracy`, with the bytes each client sent and received in that round. With
+`round_attack` (PGD parameters, e.g. `{eps: 0.3, alpha: 0.01, steps: 10}`) the same samples are also attacked, in
+eval mode with a generator of its own, and `round_robust_accuracy` recorded. `keep: best` ends with the global model
+of the round that scored highest there (robust accuracy where `round_attack` is set, else clean; the earliest on a
+tie) instead of the last round's: the choice is made on the calibration split, never on the eval split the cell is
+scored on, and the record names it (`kept_round`, counted from 1).
 
 Modes: `simulate` runs the clients in turn in this process; `torchrun` runs them on `processes` torch.distributed
 ranks (gloo; default one per client, rank r runs clients r, r + P, ...) and sums the weighted updates with
@@ -40,6 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from bench.attacks import ATTACKS, Attack
 from bench.config import check_range, config_fields, parse_config
 from bench.errors import ConfigError, UnknownNameError
 from bench.launch import load_worker_inputs, process_group, run_workers, write_outputs
@@ -80,6 +86,10 @@ class FedAvgConfig:
     momentum: float = 0.0
     weight_decay: float = 5e-4
     schedule: Literal["cosine", "constant"] = "constant"  # within each local run
+    # the global model after each round: PGD parameters to also score its robust accuracy on the calibration split,
+    # and which round's model the recipe ends with (`best`: the highest score there)
+    round_attack: dict[str, Any] | None = None
+    keep: Literal["last", "best"] = "last"
 
     def __post_init__(self) -> None:
         check_range("clients", self.clients, lo=1)
@@ -94,6 +104,19 @@ class FedAvgConfig:
         check_range("momentum", self.momentum, lo=0, hi=1, hi_open=True)
         check_range("weight_decay", self.weight_decay, lo=0)
         self.local_config()  # an unknown recipe or a bad local parameter fails when the suite is parsed
+        self.round_pgd()
+
+    def round_pgd(self) -> Attack | None:
+        """The attack scoring the global model after each round (`round_attack`), or None."""
+        if self.round_attack is None:
+            return None
+        if not isinstance(self.round_attack, dict):
+            raise ConfigError("round_attack", "expected PGD parameters, e.g. {eps: 0.3, alpha: 0.01, steps: 10}")
+        entry = ATTACKS.get("pgd")
+        try:
+            return entry.obj(parse_config(entry.config_cls, self.round_attack))
+        except ConfigError as exc:
+            raise ConfigError(f"round_attack.{exc.field}" if exc.field else "round_attack", str(exc)) from None
 
     def local_config(self) -> Any:
         """The local recipe's config: fedavg's optimiser, `local_epochs` as its epochs, then `local_params`."""
@@ -191,6 +214,25 @@ def held_out_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device
     return float((logits.argmax(1).cpu() == y[:ROUND_EVAL_SAMPLES].cpu()).float().mean())
 
 
+def held_out_robust_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack, seed: int, device: str
+) -> float | None:
+    """Robust accuracy of `model` under `attack` on the first ROUND_EVAL_SAMPLES of (x, y), crafted and scored in
+    eval mode with a generator of its own (the training's random streams are untouched); None as held_out_accuracy."""
+    if len(x) == 0 or y.ndim != 1 or y.dtype.is_floating_point:
+        return None
+    x, y = x[:ROUND_EVAL_SAMPLES].to(device), y[:ROUND_EVAL_SAMPLES].to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        x_adv = attack.perturb(model, x, y, torch.Generator(device="cpu").manual_seed(seed)).detach()
+        with torch.no_grad():
+            pred = model(x_adv).argmax(1)
+    finally:
+        model.train(was_training)
+    return float((pred == y).float().mean())
+
+
 def _client_seed(seed: int, rnd: int, client: int) -> int:
     return int(np.random.SeedSequence([seed, rnd, client]).generate_state(1, np.uint64)[0] >> 1)
 
@@ -225,6 +267,9 @@ def run_rounds(
     seen = [0] * cfg.clients
     round_loss: list[float] = []
     round_accuracy: list[float | None] = []
+    round_robust: list[float | None] = []
+    attack = cfg.round_pgd()
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (score, round, global state) for keep: best
     fork_devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
     start = time.perf_counter()
     for rnd in range(cfg.rounds):
@@ -262,7 +307,17 @@ def run_rounds(
         round_loss.append(float(reduce(loss)))
         if evaluate:
             round_accuracy.append(held_out_accuracy(model, data.x_calib, data.y_calib, device))
+            if attack is not None:
+                robust = held_out_robust_accuracy(model, data.x_calib, data.y_calib, attack, seed, device)
+                round_robust.append(robust)
+            score = round_robust[-1] if attack is not None else round_accuracy[-1]
+            if cfg.keep == "best" and score is not None and (best is None or score > best[0]):
+                best = (score, rnd, {k: v.clone() for k, v in state.items()})
     seconds = time.perf_counter() - start
+    kept = cfg.rounds - 1
+    if best is not None:
+        kept = best[1]
+        model.load_state_dict(best[2])
     round_sent, round_received = (reduce(torch.tensor(m, dtype=torch.int64)).tolist() for m in (sent, received))
     seen = reduce(torch.tensor(seen, dtype=torch.int64)).tolist()
     model.eval()
@@ -274,6 +329,8 @@ def run_rounds(
         "samples_seen": seen,
         "round_loss": round_loss,
         "round_accuracy": round_accuracy,
+        "round_robust_accuracy": round_robust,
+        "kept_round": kept + 1,
         "dense_update_bytes": dense_bytes,
         "train_seconds": seconds,
     }
@@ -395,6 +452,10 @@ def fedavg(model: nn.Module, data: DataSplits, cfg: FedAvgConfig, *, seed: int, 
         # the global model after each round, on the calibration split (None without one)
         "round_accuracy": [None if a is None else round(a, 4) for a in out["round_accuracy"]],
         "round_accuracy_samples": min(len(data.y_calib), ROUND_EVAL_SAMPLES),
+        "round_robust_accuracy": [None if a is None else round(a, 4) for a in out["round_robust_accuracy"]],
+        "round_attack": cfg.round_attack,
+        "keep": cfg.keep,
+        "kept_round": out["kept_round"],  # the round whose global model the recipe ends with, from 1
         "train_seconds": round(out["train_seconds"], 4),  # the rounds alone (rank 0's, under torchrun)
     }
     final = out["round_loss"][-1] if out["round_loss"] else float("nan")

@@ -411,14 +411,17 @@ def federated(all_variants: list[Any]) -> go.Figure | None:
         losses = extra.get("round_loss") or []
         rounds = list(range(1, len(losses) + 1))
         fig.add_scatter(x=rounds, y=losses, name=f"{name}: loss", line=dict(color=color), row=1, col=2)
-        accuracy = extra.get("round_accuracy") or []
-        if any(a is not None for a in accuracy):
+        for key, what, dash in (("round_accuracy", "accuracy", "dash"), ("round_robust_accuracy", "robust", "dot")):
+            accuracy = extra.get(key) or []
+            if not any(a is not None for a in accuracy):
+                continue
             accuracy_axis = True
+            kept = extra.get("kept_round") if extra.get("keep") == "best" else None
             fig.add_scatter(
                 x=list(range(1, len(accuracy) + 1)),
                 y=accuracy,
-                name=f"{name}: accuracy",
-                line=dict(color=color, dash="dash"),
+                name=f"{name}: {what}" + (f" (round {kept} kept)" if kept else ""),
+                line=dict(color=color, dash=dash),
                 hovertemplate="round %{x}<br>%{y:.1%}<extra>%{fullData.name}</extra>",
                 row=1,
                 col=2,
