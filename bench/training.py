@@ -36,10 +36,15 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: Literal["cosine", "constant"] = "cosine"
+    # training-time augmentation of image batches: a random crop of the image padded by `crop_padding` zeros on
+    # each side, and/or a horizontal flip with probability 1/2 (the CIFAR recipe of He et al. 2016)
+    augment: Literal["none", "crop", "flip", "crop_flip"] = "none"
+    crop_padding: int = 4
 
     def __post_init__(self) -> None:
         from bench.config import check_range
 
+        check_range("crop_padding", self.crop_padding, lo=0)
         check_range("epochs", self.epochs, lo=0)
         check_range("batch_size", self.batch_size, lo=1)
         check_range("lr", self.lr, lo=0, lo_open=True)
@@ -142,6 +147,37 @@ def _train_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
     return float((logits.argmax(1) == y[:HISTORY_SAMPLES]).float().mean())
 
 
+def batch_augmenter(cfg: OptimConfig, x: torch.Tensor, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The recipe's `augment` as a function of a batch (identity for "none"), drawing from its own generator seeded
+    by `seed`: the same seed gives the same crops and flips, and the model's own random streams are untouched."""
+    kind = getattr(cfg, "augment", "none")
+    if kind == "none":
+        return lambda batch: batch
+    if x.ndim != 4:
+        raise ValueError(f"augment '{kind}' needs image batches (N, C, H, W); this data set has shape {tuple(x.shape)}")
+    crop, flip = "crop" in kind, "flip" in kind
+    pad = cfg.crop_padding
+    generator = torch.Generator().manual_seed(seed)
+
+    def augment(batch: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = batch.shape
+        out = batch
+        if crop and pad:
+            dy, dx = (torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(batch.device) for _ in range(2))
+            padded = nn.functional.pad(batch, (pad, pad, pad, pad))
+            rows = (dy[:, None] + torch.arange(h, device=batch.device))[:, None, :, None]
+            cols = (dx[:, None] + torch.arange(w, device=batch.device))[:, None, None, :]
+            samples = torch.arange(n, device=batch.device)[:, None, None, None]
+            channels = torch.arange(c, device=batch.device)[None, :, None, None]
+            out = padded[samples, channels, rows, cols]
+        if flip:
+            mirrored = (torch.rand(n, generator=generator) < 0.5).to(batch.device)
+            out = torch.where(mirrored[:, None, None, None], out.flip(-1), out)
+        return out
+
+    return augment
+
+
 def fit(
     model: nn.Module,
     x: torch.Tensor,
@@ -168,6 +204,7 @@ def fit(
     plan = plan if plan is not None else ShuffledBatches(len(x), cfg.batch_size, seed=seed, device=device)
     opt, sched = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg, cfg.epochs * len(plan))
     x, y = x.to(device), y.to(device)
+    augment = batch_augmenter(cfg, x, seed)
     loss = torch.tensor(float("nan"))
     start = time.perf_counter()
     epochs_run = 0
@@ -177,7 +214,7 @@ def fit(
         loss_sum, steps = torch.zeros((), device=device), 0
         for idx, scale in plan.batches(epoch - 1):
             idx = idx.to(device)  # a no-op for the default plan's indices
-            loss = loss_fn(model, x[idx], y[idx])
+            loss = loss_fn(model, augment(x[idx]), y[idx])
             if scale is not None:
                 loss = loss * scale
             opt.zero_grad(set_to_none=True)

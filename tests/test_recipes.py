@@ -271,3 +271,43 @@ def test_recipes_import_no_other_axis_plugin():
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             assert not [n for n in names if n.startswith(other_axes)], path.name
+
+
+def test_augment_crops_and_flips_reproducibly():
+    from bench.training import batch_augmenter
+
+    x = torch.rand(64, 3, 6, 6) + 0.5  # no zero inside an image: every zero of a crop comes from the padding
+    crop = batch_augmenter(OptimConfig(augment="crop", crop_padding=2), x, seed=0)
+    out = crop(x)
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(len(x)):  # each image is a 6x6 window of its padded image
+        windows = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(out[i], padded[i, :, dy : dy + 6, dx : dx + 6])
+        ]
+        assert windows, i
+    assert (out == 0).any() and not torch.equal(out, x)  # some crops moved the image
+    assert torch.equal(batch_augmenter(OptimConfig(augment="crop", crop_padding=2), x, seed=0)(x), out)  # seeded
+    flip = batch_augmenter(OptimConfig(augment="flip"), x, seed=0)(x)
+    same = [torch.equal(f, a) for f, a in zip(flip, x, strict=True)]
+    mirrored = [torch.equal(f, a.flip(-1)) for f, a in zip(flip, x, strict=True)]
+    assert all(s or m for s, m in zip(same, mirrored, strict=True)) and 10 < sum(mirrored) < 54
+    assert batch_augmenter(OptimConfig(), x, seed=0)(x) is x
+    with pytest.raises(ValueError, match="needs image batches"):
+        batch_augmenter(OptimConfig(augment="flip"), x.flatten(1), seed=0)
+
+
+def test_augmented_training_is_seeded_and_differs_from_plain(data):
+    def train(**params):
+        cfg = parse_config(RECIPES.get("standard").config_cls, {"epochs": 1, **params})
+        torch.manual_seed(0)
+        model = build_model("simple_cnn", parse_config(MODELS.get("simple_cnn").config_cls, {"width": 4}), 10,
+                            data.in_shape, data.mean, data.std)  # fmt: skip
+        RECIPES.get("standard").obj(model, data, cfg, seed=0, device="cpu")
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    plain, crop, again = train(), train(augment="crop_flip", crop_padding=1), train(augment="crop_flip", crop_padding=1)
+    assert torch.equal(crop, again) and not torch.equal(plain, crop)
