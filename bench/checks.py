@@ -40,6 +40,11 @@ def compression_checks(
     if lowering and lowering.get("kind") == "fp16" and "size_ratio_to_fp32" in export_meta:
         ratio = export_meta["size_ratio_to_fp32"]
         checks["fp16: about half the bytes"] = _check(0.35 <= ratio <= 0.65, f"{ratio:.2f} x the FP32 artifact")
+    if "onnx_checker" in export_meta:  # an artifact the checker rejects fails its export: this one passed
+        batch = export_meta.get("batch_dim")
+        checks["onnx: checker, dynamic batch"] = _check(
+            isinstance(batch, str), f"onnx.checker passed; opset {export_meta.get('opset')}, batch dimension {batch!r}"
+        )
     return checks
 
 

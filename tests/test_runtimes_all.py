@@ -71,6 +71,19 @@ def test_every_runtime_runs_ok(run):
     assert {r["runtime"]["name"] for r in records.values()} == {"eager", "torchscript", "torch_compile", "onnxruntime"}
     assert records[cell("onnxruntime")]["runtime"]["exporter"] == "dynamo"  # the default
     assert records[cell("onnxruntime-exporter=torchscript")]["runtime"]["exporter"] == "torchscript"
+    for runtime in ("onnxruntime", "onnxruntime-exporter=torchscript"):  # both exporters: checked, dynamic batch
+        check = records[cell(runtime)]["checks"]["onnx: checker, dynamic batch"]
+        assert check["ok"] and "onnx.checker passed" in check["detail"], check
+
+
+def test_an_onnx_file_the_checker_rejects_fails_with_its_message(tmp_path):
+    from bench.runtimes.onnxruntime import check_onnx
+
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "empty", [], []))
+    model.ir_version = 0  # not a valid IR version
+    onnx.save(model, tmp_path / "bad.onnx")
+    with pytest.raises(RuntimeError, match=r"the ONNX checker rejects bad\.onnx"):
+        check_onnx(tmp_path / "bad.onnx")
 
 
 def _load_and_predict(fmt: str, path: str):

@@ -80,6 +80,19 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, exporter: s
             )
 
 
+def check_onnx(path: Path) -> dict[str, Any]:
+    """The ONNX checker's verdict on the artifact (a malformed graph raises here, failing the cell with the
+    checker's message) and the name of its input's batch dimension (a name: dynamic; a number: fixed)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))  # by path: also models with external weights or over 2 GB
+    except onnx.checker.ValidationError as exc:
+        raise RuntimeError(f"the ONNX checker rejects {path.name}: {str(exc).strip().splitlines()[0]}") from exc
+    dim = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    return {"onnx_checker": "passed", "batch_dim": dim.dim_param or dim.dim_value}
+
+
 def count_ops(path: Path) -> dict[str, int]:
     import onnx
 
@@ -202,6 +215,7 @@ class OnnxRuntime(Runtime):
                 f.rename(workdir / f.name)
                 files.append(f.name)
             staging.rmdir()
+            meta.update(check_onnx(workdir / "model.onnx"))
             return Exported(self.format, "model.onnx", sorted(files), OPENER, meta)
         if isinstance(lowering, HalfSpec):
             main = "model.fp16.onnx"
@@ -211,5 +225,6 @@ class OnnxRuntime(Runtime):
             calib = ctx.data.x_calib[: lowering.calibration_size].numpy().astype(np.float32)
             meta.update(quantize_onnx(fp32, workdir / main, lowering, calib))
         meta["size_ratio_to_fp32"] = (workdir / main).stat().st_size / meta["fp32_size_bytes"]
+        meta.update(check_onnx(workdir / main))
         shutil.rmtree(staging)
         return Exported(self.format, main, [main], OPENER, meta)
