@@ -18,7 +18,8 @@ from bench.cache import library_versions
 from bench.errors import BenchInputError
 
 RUN_FILE = "run.json"
-NOT_MEASURED = ("file", "description", "gate", "limits", "resources")  # suite keys that do not change a cell's numbers
+# suite keys that do not change a cell's numbers
+NOT_MEASURED = ("file", "description", "gate", "limits", "resources", "report")
 
 
 def read_run_meta(run_dir: Path) -> dict[str, Any]:

@@ -119,6 +119,7 @@ class Suite:
     limits: LimitsConfig = dataclasses.field(default_factory=lambda: LimitsConfig())
     gate: GateConfig = dataclasses.field(default_factory=GateConfig)  # limits a cell must meet (bench.gates)
     resources: ResourcesConfig = dataclasses.field(default_factory=ResourcesConfig)  # Ray tasks' requests
+    report: ReportConfig = dataclasses.field(default_factory=lambda: ReportConfig())  # what its headline answers
 
     def choices(self, axis: str) -> list[Choice]:
         """The entries of an axis; `dataset` is an axis of the matrix too."""
@@ -141,6 +142,7 @@ class Suite:
             "include": self.include,
             "gate": self.gate.to_dict(),
             "resources": to_dict(self.resources),
+            "report": to_dict(self.report),
         }
 
 
@@ -159,7 +161,55 @@ TOP_LEVEL_KEYS = (
     "limits",
     "gate",
     "resources",
+    "report",
 )
+
+# The columns a suite's `report.headline` may ask for (bench.report.question computes each), and the axes its rows
+# may be named by. The headline answers the suite's question (`description`) at the top of its report.
+HEADLINE_COLUMNS = (
+    "clean",  # clean accuracy
+    "robust",  # robust accuracy under the strongest attack run on the variant
+    "robust_each",  # one column per attack
+    "drop",  # clean minus robust, in points
+    "budget",  # whether the variant keeps the accuracy budget
+    "size",  # the artifact's bytes
+    "params",
+    "p50_b1",  # latency at batch 1
+    "p99_b1",
+    "latency_gate",  # the verdict of the suite's max_latency_ms gate
+    "throughput",  # samples per second at the largest batch
+    "memory",  # the model's own share of the peak memory
+    "train_s",  # training seconds
+    "build_s",  # training plus compression seconds
+    "break_even",  # inferences at batch 1 that repay the extra build cost
+    "bytes_per_round",  # federated: bytes sent and received by all clients in a round
+    "bytes_total",  # federated: over all rounds
+    "kept_round",  # federated with keep: best
+    "round_clean",  # federated: the kept round's clean accuracy on the calibration split
+    "round_robust",  # federated: the kept round's robust accuracy there
+)
+HEADLINE_ROWS = ("model", "recipe", "compression", "runtime")
+
+
+@dataclasses.dataclass
+class HeadlineConfig:
+    """The report's headline table: one row per variant, named by `rows` (axes), with `columns`."""
+
+    rows: list[str] = dataclasses.field(default_factory=lambda: ["compression"])
+    columns: list[str] = dataclasses.field(default_factory=lambda: ["clean", "robust", "p50_b1", "size"])
+
+    def __post_init__(self) -> None:
+        for field, values, valid in (("rows", self.rows, HEADLINE_ROWS), ("columns", self.columns, HEADLINE_COLUMNS)):
+            unknown = [v for v in values if v not in valid]
+            if unknown:
+                raise ConfigError(field, f"unknown '{unknown[0]}'; valid: {', '.join(valid)}")
+            if not values:
+                raise ConfigError(field, "expected at least one")
+
+
+@dataclasses.dataclass
+class ReportConfig:
+    headline: HeadlineConfig | None = None  # None: the report's generic headline only
 
 
 def _read_yaml(path: Path) -> Any:
@@ -212,6 +262,19 @@ def _resources(data: dict[str, Any]) -> ResourcesConfig:
         except BenchInputError as exc:
             raise BenchInputError(exc.detail, field=f"resources.{exc.field}") from None
     return ResourcesConfig(**stages)
+
+
+def _report(data: dict[str, Any]) -> ReportConfig:
+    raw = data.get("report") or {}
+    if not isinstance(raw, dict) or set(raw) - {"headline"}:
+        raise BenchInputError("expected {headline: {rows: [compression], columns: [clean, robust]}}", field="report")
+    headline = raw.get("headline")
+    if headline is None:
+        return ReportConfig()
+    try:
+        return ReportConfig(_section(raw, "headline", HeadlineConfig))
+    except BenchInputError as exc:
+        raise BenchInputError(exc.detail, field=f"report.{exc.field}") from None
 
 
 def _parse_suite(data: Any, path: Path) -> Suite:
@@ -279,6 +342,7 @@ def _parse_suite(data: Any, path: Path) -> Suite:
         include=rules["include"],
         description=str(data.get("description", "")),
         resources=_resources(data),
+        report=_report(data),
     )
     check_rules(suite.exclude, suite.include, suite.choices)  # a rule naming nothing that exists is a mistake
     suite.gate = parse_gate(data.get("gate"), suite.measurement.batch_sizes, suite.choices)

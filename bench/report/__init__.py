@@ -14,7 +14,7 @@ import jinja2
 from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
-from bench.report import charts, grids, tables, views
+from bench.report import charts, grids, question, tables, views
 from bench.report.data import Run, load_run, ok_cells
 
 __all__ = ["render_report"]
@@ -105,6 +105,7 @@ def render_report(
         env_names=[tag or run.name for run, tag in zip(runs, tags, strict=True)],
         env_rows=tables.environment(runs),
         headlines=views.headlines(all_variants),
+        answers=question.answers(runs, tags, all_variants, breakevens),
         problems=problems,
         fmt=tables,
         n_cells=sum(len(run.cells) for run in runs),
