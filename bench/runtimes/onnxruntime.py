@@ -160,6 +160,31 @@ def quantize_onnx(fp32: Path, out: Path, quant: QuantSpec, calib_x: np.ndarray) 
     }
 
 
+def sort_nodes(graph: Any) -> None:
+    """Put `graph`'s nodes in topological order, in place (ONNX requires it; ONNX Runtime tolerates its absence).
+
+    Kahn's algorithm, stable: each round places, in their current order, the nodes whose inputs are all known
+    (graph inputs, initializers, outputs of placed nodes). Nodes that never become ready (names from an outer
+    scope) keep their order at the end, for the checker to report."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [all(name in known for name in n.input) for n in pending]
+        if not any(ready):
+            break
+        for node, is_ready in zip(pending, ready, strict=True):
+            if is_ready:
+                known.update(node.output)
+                ordered.append(node)
+        pending = [n for n, is_ready in zip(pending, ready, strict=True) if not is_ready]
+    ordered += pending
+    nodes = [type(n)() for n in ordered]
+    for copy, node in zip(nodes, ordered, strict=True):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 def convert_fp16(fp32: Path, out: Path) -> dict[str, Any]:
     """FP16 weights and compute, FP32 inputs and outputs (`keep_io_types`), as ONNX Runtime's tooling does it."""
     import onnx
@@ -167,6 +192,7 @@ def convert_fp16(fp32: Path, out: Path) -> dict[str, Any]:
 
     start = time.perf_counter()
     model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    sort_nodes(model.graph)  # the converter appends the input casts after their consumers: invalid ONNX
     onnx.save(model, str(out))
     return {"precision": "fp16", "convert_s": time.perf_counter() - start, "keep_io_types": True}
 
