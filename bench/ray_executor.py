@@ -475,6 +475,7 @@ def connect(address: str | None, suite: Suite, threads: int) -> None:
     global _started_here
     if not ray.is_initialized():
         _started_here = True
+        start = time.perf_counter()
         try:
             ray.init(
                 address=address,
@@ -485,6 +486,7 @@ def connect(address: str | None, suite: Suite, threads: int) -> None:
             )
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise BenchInputError(f"cannot join Ray at {address}: {exc}", field="--ray-address") from None
+        log.info("Ray ready after %.1f s", time.perf_counter() - start)
     most_cpus, most_gpus = largest_node()
     if most_cpus <= 0:
         raise BenchInputError("the Ray cluster has no node with a CPU for the stages", field="--ray-address")
@@ -504,9 +506,7 @@ def ray_records(
     Ray is shut down after, unless this process had joined it before `connect`."""
     import ray
 
-    start = time.perf_counter()
-    connect(address, pipeline.suite, pipeline.threads)
-    log.info("Ray ready after %.1f s", time.perf_counter() - start)
+    connect(address, pipeline.suite, pipeline.threads)  # a no-op where the runner connected already
     try:
         yield from RayDriver(pipeline, timeout).records(todo, evidence, bar)
     finally:
