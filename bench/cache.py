@@ -22,7 +22,7 @@ from bench import __version__
 from bench.jsonl import write_json_atomic
 
 # Bump when a stage's output for the same inputs changes (a fix in training, export or measurement).
-STAGE_VERSIONS = {"data": 1, "train": 1, "compress": 1, "export": 3, "measure": 3, "evaluate": 5}
+STAGE_VERSIONS = {"data": 1, "train": 1, "compress": 1, "export": 3, "measure": 3, "evaluate": 6}
 
 
 # The libraries whose code decides a stage's result: a new version recomputes, never reuses, what it made.

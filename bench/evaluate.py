@@ -99,6 +99,8 @@ def _attack(
     x, y = data.x_eval, data.y_eval
     start = time.perf_counter()
     threat, sources = crafting_sources(member, predictor, float_twin, lowering, data.x_calib, device)
+    # a sample stops at its first adversarial point only where that point is judged by the model it is scored on
+    attack.stop_early = threat != "transfer"
     robust = clean_correct.clone()
     if previous is not None:  # broken inside the smaller ball: broken inside this one
         robust &= previous["robust_correct"]

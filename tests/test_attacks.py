@@ -126,6 +126,39 @@ def test_no_gradients_means_transfer_from_the_float_twin(trained):
     assert result["robust_accuracy"] == white_box["robust_accuracy"]
 
 
+@pytest.mark.parametrize(
+    "make", [lambda **k: PGD(PGDConfig(eps=0.1, steps=10, **k)), lambda **k: APGD(APGDConfig(eps=0.1, steps=20))]
+)
+def test_a_transfer_attack_runs_every_step_on_every_sample(trained, make):
+    """Crafted on a surrogate, a point that barely fools the surrogate often does not fool the deployed model: the
+    harness turns the early stop off (`stop_early`), so the attack keeps strengthening every sample."""
+    model, data = trained
+    x, y = data.x_eval[:128], data.y_eval[:128]
+    deployed = Predictor(lambda b: model(b), module=None)
+    attack = make()
+    result = evaluate(deployed, model, attack, data, batch_size=128, seed=0, device="cpu")
+    assert result["threat_model"] == "transfer" and attack.stop_early is False
+    white = make()
+    evaluate(Predictor(lambda b: model(b), model), model, white, data, batch_size=128, seed=0, device="cpu")
+    assert white.stop_early is True  # judged by the model it is scored on: the first adversarial point counts
+    # with the stop off, no sample leaves the batch: the textbook loop (PGD: early_stop false) on every sample
+    if isinstance(attack, PGD):
+        attack.stop_early = False
+        full = make(early_stop=False)
+        same = [a.perturb(model, x, y, torch.Generator().manual_seed(0)) for a in (attack, full)]
+        assert torch.equal(*same)
+    else:
+        attack.stop_early = False
+        x_adv = attack.perturb(model, x, y, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            loss = torch.nn.functional.cross_entropy(model(x_adv), y, reduction="none")
+        attack.stop_early = True
+        x_first = attack.perturb(model, x, y, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            first_loss = torch.nn.functional.cross_entropy(model(x_first), y, reduction="none")
+        assert loss.mean() > first_loss.mean()  # the highest-loss points, not the first misclassified ones
+
+
 # --- the harness's attack stage against the reference libraries, at equal or greater strength ----------------------
 
 

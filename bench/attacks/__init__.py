@@ -21,6 +21,9 @@ Two optional parts of the protocol let the harness save work (bench.evaluate):
 - `last_zero_gradient`: after `perturb`, a gradient attack may leave the per-sample flags "the input gradient of its
   first step was all zero" here, which the harness's gradient-masking check reads instead of taking a gradient of
   its own (None: the harness takes one).
+- `stop_early`: an attack that drops a sample at its first adversarial point reads this flag first. The harness
+  sets it False when it crafts on a surrogate (a transfer attack): a point that barely fools the surrogate often
+  does not fool the deployed model, so the attack keeps strengthening every sample for all its steps.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class Attack:
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         self.last_zero_gradient: torch.Tensor | None = None  # per sample of the last batch, where the attack knows
+        self.stop_early = True  # False: no sample leaves the batch at its first adversarial point (transfer)
 
     @property
     def eps(self) -> float:

@@ -14,7 +14,8 @@ found so far, when (1) fewer than rho * (w_j - w_{j-1}) of the steps since the l
 (rho = 0.75), or (2) eta was not halved at the last checkpoint and the best loss has not improved since then.
 
 Every sample is tracked on its own (step size, best loss and point, checkpoint counters); a sample leaves the batch
-as soon as it is misclassified, so later steps spend forward and backward passes only on the unbroken ones. The
+as soon as it is misclassified, so later steps spend forward and backward passes only on the unbroken ones (unless
+`stop_early` is off, as for a transfer attack: then every sample runs all steps and ends at its highest-loss point). The
 loss is the cross-entropy (APGD-CE) or the paper's Difference of Logits Ratio (APGD-DLR),
 DLR = -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3), z_pi sorted decreasingly (needs >= 3 classes). Restarts start
 at fresh random points (uniform in the Linf cube; uniform direction and radius in [0, eps] for L2) and attack only
@@ -141,7 +142,9 @@ class APGD(Attack):
                     if grad is not None:
                         s["grad_max"] = torch.where(b, grad, s["grad_max"])
             hit = logits.argmax(1) != s["y"]
-            if hit.any():  # record and drop the samples just broken
+            if not self.stop_early:  # crafting on a surrogate: note the break, keep raising the loss
+                broken[s["act"][hit]] = True
+            elif hit.any():  # record and drop the samples just broken
                 idx = s["act"][hit]
                 x_out[idx], loss_out[idx], broken[idx] = s["x_cur"][hit], s["loss_cur"][hit], True
                 keep = ~hit

@@ -96,7 +96,7 @@ class PGD(Attack):
             _, logits, grad = logits_and_gradient(model, x_cur, lab)
             if k == 0 and self.last_zero_gradient is None:
                 self.last_zero_gradient = zero_gradient(grad)
-            hit = self._broken(logits, lab) if self.cfg.early_stop else None
+            hit = self._broken(logits, lab) if self.cfg.early_stop and self.stop_early else None
             if hit is not None and hit.any():  # keep the first adversarial point and drop the sample
                 x_out[act[hit]], broken[act[hit]] = x_cur[hit], True
                 keep = ~hit
