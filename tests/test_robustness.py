@@ -107,7 +107,7 @@ def test_pgd_is_at_least_as_strong_as_fgsm_and_fp32_transfer_is_white_box(run):
         # an FP32 artifact computes what its float twin computes, so the transferred examples hit as white-box ones do
         white_box, transfer = records[f"{eager}/{attack}"], records[f"{fp32_ort}/{attack}"]
         assert (white_box["threat_model"], transfer["threat_model"]) == ("white-box", "transfer")
-        assert abs(transfer["robust_accuracy"] - white_box["robust_accuracy"]) <= one_sample, attack
+        assert abs(transfer["robust_accuracy"] - white_box["robust_accuracy"]) <= one_sample + 1e-9, attack
 
 
 def test_gradient_masked_model_is_flagged(run):
